@@ -1,0 +1,77 @@
+# mod_entra — build, test, install. `make help` lists the targets.
+APXS    ?= apxs
+PYTHON  ?= /usr/bin/python3
+CC      ?= gcc
+PKGS     = jansson libcurl openssl
+
+CORE_SRC = $(wildcard mod_entra/entra_*.c)
+GLUE_SRC = mod_entra/mod_entra.c $(filter-out mod_entra/mod_entra.c,$(wildcard mod_entra/mod_entra_*.c))
+HDRS     = $(wildcard mod_entra/*.h)
+
+WARN     = -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+OPT      = -O2 -g
+ifeq ($(SANITIZE),1)
+SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT      = -O1 -g
+endif
+
+APR_CFLAGS  := $(shell apr-1-config --includes --cppflags 2>/dev/null) $(shell apu-1-config --includes 2>/dev/null)
+APR_LIBS    := $(shell apr-1-config --link-ld --libs 2>/dev/null) $(shell apu-1-config --link-ld 2>/dev/null)
+DEP_CFLAGS  := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+DEP_LIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+MODULE   = mod_entra/.libs/mod_entra.so
+UNIT_SRC = $(wildcard t/unit/test_*.c)
+UNIT_BIN = $(UNIT_SRC:.c=)
+
+.PHONY: all module unit test test-unit test-e2e install clean help demo deps
+
+all: module
+
+help:
+	@echo "make            build $(MODULE)"
+	@echo "make test       unit tests + end-to-end tests against a real apache2 (SANITIZE=1: ASan+UBSan)"
+	@echo "make demo       start a demo httpd with mod_entra, a backend and a local token issuer"
+	@echo "make install    install the module and conf/entra.{load,conf} for a2enmod entra"
+	@echo "make deps       install the Debian packages needed to build and test (as root)"
+
+module: $(MODULE)
+
+# apxs/libtool build all sources into the DSO; SANITIZE=1 builds an instrumented one.
+$(MODULE): $(CORE_SRC) $(GLUE_SRC) $(HDRS) Makefile
+	cd mod_entra && $(APXS) -c -o mod_entra.la \
+	  $(addprefix -Wc$(comma),$(WARN) $(OPT) $(SAN) $(DEP_CFLAGS)) \
+	  $(if $(SAN),-Wl$(comma)-fsanitize=address$(comma)-fsanitize=undefined) \
+	  $(notdir $(GLUE_SRC) $(CORE_SRC)) $(DEP_LIBS) >/dev/null
+
+comma := ,
+
+t/unit/test_%: t/unit/test_%.c t/unit/unit.h $(CORE_SRC) $(HDRS)
+	$(CC) $(WARN) $(OPT) $(SAN) -Imod_entra -It/unit $(APR_CFLAGS) $(DEP_CFLAGS) -o $@ $< $(CORE_SRC) $(APR_LIBS) $(DEP_LIBS) -lpthread
+
+unit: $(UNIT_BIN)
+
+test-unit: unit
+	@set -e; for t in $(UNIT_BIN); do $$t; done
+
+test-e2e: module
+	ENTRA_SANITIZE=$(SANITIZE) $(PYTHON) -m pytest -q t/
+
+test: test-unit test-e2e
+
+install: module
+	$(APXS) -i -n entra $(MODULE)
+	install -m 644 conf/entra.load conf/entra.conf $$(apxs -q SYSCONFDIR)/mods-available/
+
+deps:
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+	  make gcc apache2 apache2-dev libapr1-dev libaprutil1-dev libssl-dev libcurl4-openssl-dev \
+	  libjansson-dev liblua5.4-dev lua5.4 pkg-config python3 python3-pytest python3-requests \
+	  python3-cryptography curl ca-certificates
+
+demo: module
+	$(PYTHON) t/demo.py
+
+clean:
+	rm -rf mod_entra/*.o mod_entra/*.lo mod_entra/*.slo mod_entra/*.la mod_entra/.libs $(UNIT_BIN)

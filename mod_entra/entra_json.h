@@ -1,0 +1,23 @@
+/* Strict, pool-owned JSON on top of jansson. */
+#ifndef ENTRA_JSON_H
+#define ENTRA_JSON_H
+
+#include <apr_pools.h>
+#include <jansson.h>
+
+/* Parses untrusted JSON: at most `max` bytes, duplicate keys rejected, the whole buffer
+ * consumed, and the top level an object. The reference belongs to pool `p` (released by
+ * a pool cleanup). On failure returns APR_EINVAL and sets *why to a short reason. */
+apr_status_t entra_json_parse_object(apr_pool_t *p, const char *buf, apr_size_t len,
+                                     apr_size_t max, json_t **out, const char **why);
+
+/* Hands a reference the caller owns to pool `p`; returns `j`. */
+json_t *entra_json_pool_own(apr_pool_t *p, json_t *j);
+
+/* The string member `key` of object `o`, or NULL when absent or not a string. */
+const char *entra_json_str(const json_t *o, const char *key);
+
+/* Serialises compactly into pool memory. */
+char *entra_json_dump(apr_pool_t *p, const json_t *j);
+
+#endif

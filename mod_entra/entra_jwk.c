@@ -1,0 +1,354 @@
+#include <string.h>
+#include <apr_strings.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/ecdsa.h>
+#include <openssl/err.h>
+#include <openssl/param_build.h>
+#include <openssl/rsa.h>
+
+#include "entra_b64url.h"
+#include "entra_json.h"
+#include "entra_jwk.h"
+#include "entra_log.h"
+
+static const struct {
+    const char *name;
+    entra_alg alg;
+} alg_names[] = {
+    {"RS256", ENTRA_ALG_RS256}, {"RS384", ENTRA_ALG_RS384}, {"RS512", ENTRA_ALG_RS512},
+    {"PS256", ENTRA_ALG_PS256}, {"PS384", ENTRA_ALG_PS384}, {"PS512", ENTRA_ALG_PS512},
+    {"ES256", ENTRA_ALG_ES256}, {"ES384", ENTRA_ALG_ES384}, {"ES512", ENTRA_ALG_ES512},
+};
+
+entra_alg entra_alg_from_name(const char *name)
+{
+    size_t i;
+    for (i = 0; name && i < sizeof(alg_names) / sizeof(alg_names[0]); i++)
+        if (strcmp(name, alg_names[i].name) == 0)
+            return alg_names[i].alg;
+    return ENTRA_ALG_UNKNOWN;
+}
+
+const char *entra_alg_name(entra_alg alg)
+{
+    size_t i;
+    for (i = 0; i < sizeof(alg_names) / sizeof(alg_names[0]); i++)
+        if (alg_names[i].alg == alg)
+            return alg_names[i].name;
+    return "unknown";
+}
+
+static const EVP_MD *alg_md(entra_alg alg)
+{
+    switch (alg) {
+    case ENTRA_ALG_RS256:
+    case ENTRA_ALG_PS256:
+    case ENTRA_ALG_ES256:
+        return EVP_sha256();
+    case ENTRA_ALG_RS384:
+    case ENTRA_ALG_PS384:
+    case ENTRA_ALG_ES384:
+        return EVP_sha384();
+    case ENTRA_ALG_RS512:
+    case ENTRA_ALG_PS512:
+    case ENTRA_ALG_ES512:
+        return EVP_sha512();
+    default:
+        return NULL;
+    }
+}
+
+/* Curve name and coordinate size in bytes. */
+static const struct {
+    const char *crv, *group;
+    apr_size_t size;
+    entra_alg alg;
+} curves[] = {
+    {"P-256", "prime256v1", 32, ENTRA_ALG_ES256},
+    {"P-384", "secp384r1", 48, ENTRA_ALG_ES384},
+    {"P-521", "secp521r1", 66, ENTRA_ALG_ES512},
+};
+
+static int curve_index(const char *crv)
+{
+    int i;
+    for (i = 0; crv && i < 3; i++)
+        if (strcmp(crv, curves[i].crv) == 0)
+            return i;
+    return -1;
+}
+
+int entra_alg_fits_key(entra_alg alg, const entra_key *key)
+{
+    int ci;
+    if (alg >= ENTRA_ALG_RS256 && alg <= ENTRA_ALG_PS512)
+        return key->is_rsa;
+    if (key->is_rsa)
+        return 0;
+    ci = curve_index(key->crv);
+    return ci >= 0 && curves[ci].alg == alg;
+}
+
+static apr_status_t pkey_cleanup(void *data)
+{
+    EVP_PKEY_free((EVP_PKEY *)data);
+    return APR_SUCCESS;
+}
+
+/* Decodes a base64url member into bytes; NULL when absent or malformed. */
+static unsigned char *b64_member(apr_pool_t *p, const json_t *jwk, const char *name,
+                                 apr_size_t *len)
+{
+    const char *s = entra_json_str(jwk, name);
+    unsigned char *out;
+    if (!s || entra_b64url_decode(p, s, strlen(s), &out, len) != APR_SUCCESS || *len == 0)
+        return NULL;
+    return out;
+}
+
+/* Imports public key parameters and checks them (point on curve, sane RSA numbers). */
+static EVP_PKEY *pkey_from_params(const char *type, OSSL_PARAM_BLD *bld)
+{
+    OSSL_PARAM *params = OSSL_PARAM_BLD_to_param(bld);
+    EVP_PKEY_CTX *ctx = NULL, *chk = NULL;
+    EVP_PKEY *pkey = NULL;
+
+    if (!params)
+        return NULL;
+    ctx = EVP_PKEY_CTX_new_from_name(NULL, type, NULL);
+    if (!ctx || EVP_PKEY_fromdata_init(ctx) <= 0 ||
+        EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) <= 0)
+        goto fail;
+    chk = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
+    if (!chk || EVP_PKEY_public_check(chk) <= 0)
+        goto fail;
+    EVP_PKEY_CTX_free(chk);
+    EVP_PKEY_CTX_free(ctx);
+    OSSL_PARAM_free(params);
+    return pkey;
+fail:
+    EVP_PKEY_free(pkey);
+    EVP_PKEY_CTX_free(chk);
+    EVP_PKEY_CTX_free(ctx);
+    OSSL_PARAM_free(params);
+    return NULL;
+}
+
+static EVP_PKEY *rsa_from_jwk(apr_pool_t *p, const json_t *jwk, const char **why)
+{
+    apr_size_t nlen, elen;
+    unsigned char *nb = b64_member(p, jwk, "n", &nlen), *eb = b64_member(p, jwk, "e", &elen);
+    OSSL_PARAM_BLD *bld;
+    BIGNUM *n = NULL, *e = NULL;
+    EVP_PKEY *pkey = NULL;
+
+    if (!nb || !eb) {
+        *why = "RSA key without valid n/e";
+        return NULL;
+    }
+    n = BN_bin2bn(nb, (int)nlen, NULL);
+    e = BN_bin2bn(eb, (int)elen, NULL);
+    bld = OSSL_PARAM_BLD_new();
+    if (n && e && bld && BN_num_bits(n) < ENTRA_MIN_RSA_BITS) {
+        *why = "RSA key shorter than 2048 bits";
+    }
+    else if (n && e && bld && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) &&
+             OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e)) {
+        pkey = pkey_from_params("RSA", bld);
+        if (!pkey)
+            *why = "RSA key rejected by OpenSSL";
+    }
+    else {
+        *why = "out of memory";
+    }
+    OSSL_PARAM_BLD_free(bld);
+    BN_free(n);
+    BN_free(e);
+    return pkey;
+}
+
+static EVP_PKEY *ec_from_jwk(apr_pool_t *p, const json_t *jwk, int ci, const char **why)
+{
+    apr_size_t xlen, ylen, sz = curves[ci].size;
+    unsigned char *x = b64_member(p, jwk, "x", &xlen), *y = b64_member(p, jwk, "y", &ylen);
+    unsigned char *pt;
+    OSSL_PARAM_BLD *bld;
+    EVP_PKEY *pkey = NULL;
+
+    if (!x || !y || xlen != sz || ylen != sz) {
+        *why = "EC key without valid x/y";
+        return NULL;
+    }
+    pt = apr_palloc(p, 1 + 2 * sz);
+    pt[0] = 0x04; /* uncompressed point */
+    memcpy(pt + 1, x, sz);
+    memcpy(pt + 1 + sz, y, sz);
+    bld = OSSL_PARAM_BLD_new();
+    if (bld &&
+        OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, curves[ci].group, 0) &&
+        OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pt, 1 + 2 * sz)) {
+        pkey = pkey_from_params("EC", bld);
+        if (!pkey)
+            *why = "EC point rejected by OpenSSL";
+    }
+    else {
+        *why = "out of memory";
+    }
+    OSSL_PARAM_BLD_free(bld);
+    return pkey;
+}
+
+/* Copies the listed string members that are present. */
+static void copy_members(json_t *dst, const json_t *src, const char *const *names)
+{
+    for (; *names; names++) {
+        json_t *v = json_object_get(src, *names);
+        if (json_is_string(v))
+            json_object_set(dst, *names, v);
+    }
+}
+
+apr_status_t entra_keyset_from_jwks(apr_pool_t *p, const json_t *jwks, const char *origin,
+                                    entra_keyset **out, const char **why)
+{
+    static const char *const rsa_members[] = {"kty", "kid", "n", "e", "issuer", NULL};
+    static const char *const ec_members[] = {"kty", "kid", "crv", "x", "y", "issuer", NULL};
+    json_t *arr = json_object_get(jwks, "keys"), *jwk, *compact_keys;
+    entra_keyset *ks;
+    size_t i;
+
+    *out = NULL;
+    if (!json_is_array(arr)) {
+        *why = "JWKS has no \"keys\" array";
+        return APR_EINVAL;
+    }
+    ks = apr_pcalloc(p, sizeof(*ks));
+    ks->keys = apr_array_make(p, (int)json_array_size(arr) + 1, sizeof(entra_key));
+    ks->compact = entra_json_pool_own(p, json_object());
+    compact_keys = json_array();
+    json_object_set_new(ks->compact, "keys", compact_keys);
+
+    json_array_foreach(arr, i, jwk)
+    {
+        const char *kid = entra_json_str(jwk, "kid"), *kty = entra_json_str(jwk, "kty");
+        const char *use = entra_json_str(jwk, "use"), *skip = NULL;
+        json_t *c;
+        entra_key key;
+        int ci = -1;
+
+        memset(&key, 0, sizeof(key));
+        if (!json_is_object(jwk))
+            skip = "not an object";
+        else if (!kid || !*kid)
+            skip = "no kid";
+        else if (json_object_get(jwk, "use") && (!use || strcmp(use, "sig") != 0))
+            skip = "use is not sig";
+        else if (entra_keyset_find(ks, kid))
+            skip = "duplicate kid";
+        else if (kty && strcmp(kty, "RSA") == 0) {
+            key.is_rsa = 1;
+            key.pkey = rsa_from_jwk(p, jwk, &skip);
+        }
+        else if (kty && strcmp(kty, "EC") == 0) {
+            ci = curve_index(entra_json_str(jwk, "crv"));
+            if (ci < 0)
+                skip = "unsupported curve";
+            else
+                key.pkey = ec_from_jwk(p, jwk, ci, &skip);
+        }
+        else
+            skip = "unsupported kty";
+
+        if (!key.pkey) {
+            entra_log(ENTRA_LOG_INFO, "ENTRA0101: %s: key %s ignored: %s", origin,
+                      kid ? kid : "(no kid)", skip ? skip : "unusable");
+            continue;
+        }
+        apr_pool_cleanup_register(p, key.pkey, pkey_cleanup, apr_pool_cleanup_null);
+        key.kid = apr_pstrdup(p, kid);
+        key.issuer = entra_json_str(jwk, "issuer") ? apr_pstrdup(p, entra_json_str(jwk, "issuer"))
+                                                   : NULL;
+        key.crv = ci >= 0 ? curves[ci].crv : NULL;
+        *(entra_key *)apr_array_push(ks->keys) = key;
+        c = json_object();
+        copy_members(c, jwk, key.is_rsa ? rsa_members : ec_members);
+        json_array_append_new(compact_keys, c);
+    }
+    *out = ks;
+    return APR_SUCCESS;
+}
+
+const entra_key *entra_keyset_find(const entra_keyset *ks, const char *kid)
+{
+    int i;
+    for (i = 0; ks && kid && i < ks->keys->nelts; i++) {
+        const entra_key *k = &APR_ARRAY_IDX(ks->keys, i, entra_key);
+        if (strcmp(k->kid, kid) == 0)
+            return k;
+    }
+    return NULL;
+}
+
+/* JWS carries ECDSA signatures as fixed-width R||S; OpenSSL wants DER. */
+static unsigned char *ecdsa_raw_to_der(const unsigned char *sig, apr_size_t len, int *der_len)
+{
+    ECDSA_SIG *es = ECDSA_SIG_new();
+    BIGNUM *r = BN_bin2bn(sig, (int)(len / 2), NULL), *s = BN_bin2bn(sig + len / 2, (int)(len / 2), NULL);
+    unsigned char *der = NULL;
+
+    *der_len = 0;
+    if (!es || !r || !s || !ECDSA_SIG_set0(es, r, s)) {
+        BN_free(r);
+        BN_free(s);
+        ECDSA_SIG_free(es);
+        return NULL;
+    }
+    *der_len = i2d_ECDSA_SIG(es, &der);
+    ECDSA_SIG_free(es);
+    return *der_len > 0 ? der : NULL;
+}
+
+apr_status_t entra_sig_verify(entra_alg alg, const entra_key *key, const unsigned char *input,
+                              apr_size_t input_len, const unsigned char *sig, apr_size_t sig_len)
+{
+    const EVP_MD *md = alg_md(alg);
+    EVP_MD_CTX *mctx;
+    EVP_PKEY_CTX *pctx = NULL;
+    unsigned char *der = NULL;
+    const unsigned char *vsig = sig;
+    size_t vlen = sig_len;
+    int ok = 0;
+
+    if (!md || !entra_alg_fits_key(alg, key))
+        return APR_EINVAL;
+    if (key->is_rsa) {
+        if (sig_len != (apr_size_t)EVP_PKEY_get_size(key->pkey))
+            return APR_EINVAL;
+    }
+    else {
+        int ci = curve_index(key->crv), dl;
+        if (ci < 0 || sig_len != 2 * curves[ci].size)
+            return APR_EINVAL;
+        der = ecdsa_raw_to_der(sig, sig_len, &dl);
+        if (!der)
+            return APR_EINVAL;
+        vsig = der;
+        vlen = (size_t)dl;
+    }
+    mctx = EVP_MD_CTX_new();
+    if (mctx && EVP_DigestVerifyInit(mctx, &pctx, md, NULL, key->pkey) == 1) {
+        ok = 1;
+        if (alg >= ENTRA_ALG_PS256 && alg <= ENTRA_ALG_PS512)
+            ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) > 0 &&
+                 EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) > 0;
+        else if (key->is_rsa)
+            ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) > 0;
+        ok = ok && EVP_DigestVerify(mctx, vsig, vlen, input, input_len) == 1;
+    }
+    EVP_MD_CTX_free(mctx);
+    OPENSSL_free(der);
+    if (!ok)
+        ERR_clear_error(); /* a bad signature is an answer, not an error to carry along */
+    return ok ? APR_SUCCESS : APR_EINVAL;
+}

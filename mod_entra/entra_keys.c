@@ -1,0 +1,377 @@
+#include <stdlib.h>
+#include <string.h>
+#include <apr_atomic.h>
+#include <apr_strings.h>
+
+#include "entra_json.h"
+#include "entra_keys.h"
+#include "entra_log.h"
+
+#define RECORD_MAX (64 * 1024)    /* compact key record in the store */
+#define DOC_MAX (256 * 1024)      /* discovery or JWKS response */
+#define STORE_CHECK_SECONDS 2     /* how stale a process's view of the store may be */
+#define FAIL_BACKOFF_MAX 60       /* seconds between attempts while fetches fail */
+#define WAIT_STEP (20 * 1000)     /* microseconds between looks at a fetch in progress */
+
+static apr_int64_t now_sec(void)
+{
+    return (apr_int64_t)apr_time_sec(apr_time_now());
+}
+
+static const char *skey(apr_pool_t *p, const entra_source *src, const char *what)
+{
+    return apr_pstrcat(p, src->id, "|", what, NULL);
+}
+
+apr_status_t entra_source_create(apr_pool_t *p, const char *id, const char *meta_v2,
+                                 const char *meta_v1, int entra, entra_source **out)
+{
+    entra_source *src = apr_pcalloc(p, sizeof(*src));
+    src->id = apr_pstrdup(p, id);
+    src->meta_v2 = apr_pstrdup(p, meta_v2);
+    src->meta_v1 = meta_v1 ? apr_pstrdup(p, meta_v1) : NULL;
+    src->entra = entra;
+    src->http.connect_timeout_ms = 3000;
+    src->http.timeout_ms = 10000;
+    src->http.max_body = DOC_MAX;
+    src->refresh_interval = 86400;
+    src->refetch_interval = 60;
+    src->max_stale = 72 * 3600;
+    *out = src;
+    return apr_thread_mutex_create(&src->mu, APR_THREAD_MUTEX_DEFAULT, p);
+}
+
+void entra_snapshot_release(entra_keys_snapshot *snap)
+{
+    if (snap && apr_atomic_dec32(&snap->refs) == 0)
+        apr_pool_destroy(snap->pool);
+}
+
+static entra_keys_snapshot *ref(entra_keys_snapshot *snap)
+{
+    if (snap)
+        apr_atomic_inc32(&snap->refs);
+    return snap;
+}
+
+/* Builds a snapshot from a stored record. */
+static entra_keys_snapshot *snapshot_from_record(const entra_source *src, const char *rec,
+                                                 apr_size_t len)
+{
+    entra_keys_snapshot *snap;
+    apr_pool_t *sp;
+    json_t *j;
+    const char *why;
+
+    if (apr_pool_create_unmanaged_ex(&sp, NULL, NULL) != APR_SUCCESS)
+        return NULL;
+    snap = apr_pcalloc(sp, sizeof(*snap));
+    snap->pool = sp;
+    snap->refs = 1;
+    if (entra_json_parse_object(sp, rec, len, RECORD_MAX, &j, &why) ||
+        entra_keyset_from_jwks(sp, j, src->meta_v2, &snap->ks, &why) ||
+        !entra_json_str(j, "iss2")) {
+        entra_log(ENTRA_LOG_ERR, "ENTRA0102: %s: unreadable key record in the cache",
+                  src->meta_v2);
+        apr_pool_destroy(sp);
+        return NULL;
+    }
+    snap->iss.v2 = apr_pstrdup(sp, entra_json_str(j, "iss2"));
+    snap->iss.v1 = entra_json_str(j, "iss1") ? apr_pstrdup(sp, entra_json_str(j, "iss1")) : NULL;
+    snap->iss.entra = src->entra;
+    snap->fetched = (apr_int64_t)json_integer_value(json_object_get(j, "fetched"));
+    snap->version = (apr_int64_t)json_integer_value(json_object_get(j, "v"));
+    return snap;
+}
+
+/* Brings this process's view up to date with the store; returns the current version. */
+static apr_int64_t sync_from_store(entra_source *src, apr_pool_t *p)
+{
+    char *rec;
+    apr_size_t len;
+    apr_int64_t have;
+    entra_keys_snapshot *snap = NULL, *old = NULL;
+
+    apr_thread_mutex_lock(src->mu);
+    have = src->cur ? src->cur->version : 0;
+    apr_thread_mutex_unlock(src->mu);
+
+    if (src->store->get(src->store, skey(p, src, "rec"), p, RECORD_MAX, &rec, &len) ==
+        APR_SUCCESS) {
+        /* Peek at the version before paying for key imports. */
+        const char *vp = strstr(rec, "\"v\":");
+        apr_int64_t ver = vp ? apr_atoi64(vp + 4) : 0;
+        if (ver != have)
+            snap = snapshot_from_record(src, rec, len);
+    }
+    apr_thread_mutex_lock(src->mu);
+    if (snap && (!src->cur || snap->version != src->cur->version)) {
+        old = src->cur;
+        src->cur = snap;
+        snap = NULL;
+    }
+    src->checked_at = now_sec();
+    have = src->cur ? src->cur->version : 0;
+    apr_thread_mutex_unlock(src->mu);
+    entra_snapshot_release(old);
+    entra_snapshot_release(snap);
+    return have;
+}
+
+/* GETs a JSON object document. */
+static apr_status_t get_json(entra_source *src, apr_pool_t *p, const char *url, json_t **out,
+                             const char **why)
+{
+    entra_http_resp *resp;
+    apr_status_t rv = entra_http_request(p, url, NULL, NULL, 0, &src->http, &resp, why);
+
+    *out = NULL;
+    if (rv != APR_SUCCESS)
+        return rv;
+    if (resp->status != 200) {
+        *why = apr_psprintf(p, "HTTP %d", resp->status);
+        return APR_EGENERAL;
+    }
+    if (entra_json_parse_object(p, resp->body, resp->len, DOC_MAX, out, why) != APR_SUCCESS)
+        return APR_EGENERAL;
+    return APR_SUCCESS;
+}
+
+/* Fetches one discovery document and its JWKS; *iss and *jwks_uri from the document. */
+static apr_status_t fetch_doc_keys(entra_source *src, apr_pool_t *p, const char *meta,
+                                   const char **iss, const char **jwks_uri, entra_keyset **ks,
+                                   const char **why)
+{
+    json_t *doc, *jwks;
+    apr_status_t rv;
+
+    if ((rv = get_json(src, p, meta, &doc, why)) != APR_SUCCESS) {
+        *why = apr_pstrcat(p, "discovery ", meta, ": ", *why, NULL);
+        return rv;
+    }
+    *iss = entra_json_str(doc, "issuer");
+    *jwks_uri = entra_json_str(doc, "jwks_uri");
+    if (!*iss || !*jwks_uri) {
+        *why = apr_pstrcat(p, "discovery ", meta, ": no issuer or jwks_uri", NULL);
+        return APR_EGENERAL;
+    }
+    if (!entra_http_url_allowed(*jwks_uri)) {
+        *why = apr_pstrcat(p, "discovery ", meta, ": jwks_uri is not https", NULL);
+        return APR_EGENERAL;
+    }
+    if ((rv = get_json(src, p, *jwks_uri, &jwks, why)) != APR_SUCCESS ||
+        (rv = entra_keyset_from_jwks(p, jwks, *jwks_uri, ks, why)) != APR_SUCCESS) {
+        *why = apr_pstrcat(p, "JWKS ", *jwks_uri, ": ", *why, NULL);
+        return APR_EGENERAL;
+    }
+    return APR_SUCCESS;
+}
+
+/* One full fetch; on success the new record is in the store. */
+static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, const char **why)
+{
+    const char *iss2, *uri2, *iss1 = NULL, *uri1, *why1;
+    entra_keyset *ks2, *ks1;
+    json_t *rec, *keys;
+    apr_time_t t0 = apr_time_now();
+    apr_int64_t now = (apr_int64_t)apr_time_sec(t0);
+    char *text;
+    int i;
+    apr_status_t rv;
+
+    if ((rv = fetch_doc_keys(src, p, src->meta_v2, &iss2, &uri2, &ks2, why)) != APR_SUCCESS)
+        return rv;
+    rec = entra_json_pool_own(p, json_deep_copy(ks2->compact));
+    keys = json_object_get(rec, "keys");
+    if (src->meta_v1) {
+        /* v1 tokens are optional: the v2 keys still verify them when this fails. */
+        if (fetch_doc_keys(src, p, src->meta_v1, &iss1, &uri1, &ks1, &why1) == APR_SUCCESS) {
+            for (i = 0; i < ks1->keys->nelts; i++) {
+                const entra_key *k = &APR_ARRAY_IDX(ks1->keys, i, entra_key);
+                if (!entra_keyset_find(ks2, k->kid))
+                    json_array_append(keys, json_array_get(json_object_get(ks1->compact, "keys"),
+                                                           (size_t)i));
+            }
+        }
+        else {
+            iss1 = NULL;
+            entra_log(ENTRA_LOG_INFO, "ENTRA0103: v1 keys unavailable (v2 keys serve v1 tokens): %s",
+                      why1);
+        }
+    }
+    if (json_array_size(keys) == 0) {
+        *why = apr_pstrcat(p, "JWKS ", uri2, ": no usable signing keys", NULL);
+        return APR_EGENERAL;
+    }
+    json_object_set_new(rec, "iss2", json_string(iss2));
+    if (iss1)
+        json_object_set_new(rec, "iss1", json_string(iss1));
+    json_object_set_new(rec, "fetched", json_integer((json_int_t)now));
+    json_object_set_new(rec, "v", json_integer((json_int_t)t0));
+    text = entra_json_dump(p, rec);
+    if (!text || strlen(text) > RECORD_MAX) {
+        *why = "key record too large for the cache";
+        return APR_EGENERAL;
+    }
+    rv = src->store->put(src->store, skey(p, src, "rec"), text, strlen(text),
+                         t0 + apr_time_from_sec(src->max_stale));
+    if (rv != APR_SUCCESS) {
+        *why = "could not store keys in the cache";
+        return rv;
+    }
+    entra_log(ENTRA_LOG_INFO, "ENTRA0104: %s: %d signing keys fetched in %" APR_TIME_T_FMT " ms",
+              src->meta_v2, (int)json_array_size(keys), apr_time_as_msec(apr_time_now() - t0));
+    return APR_SUCCESS;
+}
+
+/* Fetches unless another process on the machine already is; either way returns once new
+ * keys are stored, the fetch failed, or the fetch timeout passed. */
+static apr_status_t fetch_single_flight(entra_source *src, apr_pool_t *p, const char **why)
+{
+    const char *lease = skey(p, src, "lease"), *fail = skey(p, src, "fail");
+    apr_time_t now = apr_time_now(), deadline;
+    apr_time_t bound = apr_time_from_msec(src->http.timeout_ms * 3 + 2000);
+    apr_int64_t before;
+    char *v;
+    apr_size_t len;
+    apr_status_t rv;
+
+    if (src->store->get(src->store, fail, p, 256, &v, &len) == APR_SUCCESS) {
+        *why = apr_pstrcat(p, "recent fetch failed: ", v, NULL);
+        return APR_EAGAIN;
+    }
+    if (src->store->add(src->store, lease, "1", 1, now + bound) == APR_SUCCESS) {
+        rv = fetch_now(src, p, why);
+        if (rv != APR_SUCCESS) {
+            /* Back off: 5 s doubling to 60 s while failures continue. */
+            char *prev;
+            apr_size_t plen;
+            int n = 1;
+            apr_time_t backoff;
+            if (src->store->get(src->store, skey(p, src, "failn"), p, 32, &prev, &plen) ==
+                APR_SUCCESS)
+                n = atoi(prev) + 1;
+            backoff = apr_time_from_sec(n >= 5 ? FAIL_BACKOFF_MAX : (5L << (n - 1)));
+            if (backoff > apr_time_from_sec(FAIL_BACKOFF_MAX))
+                backoff = apr_time_from_sec(FAIL_BACKOFF_MAX);
+            src->store->put(src->store, fail, *why, strlen(*why), apr_time_now() + backoff);
+            v = apr_itoa(p, n);
+            src->store->put(src->store, skey(p, src, "failn"), v, strlen(v),
+                            apr_time_now() + apr_time_from_sec(3600));
+            entra_log(ENTRA_LOG_ERR, "ENTRA0105: key fetch failed (attempt %d): %s", n, *why);
+        }
+        else {
+            src->store->remove(src->store, skey(p, src, "failn"));
+        }
+        src->store->remove(src->store, lease);
+        return rv;
+    }
+    /* Someone else is fetching: wait for its outcome. */
+    before = sync_from_store(src, p);
+    deadline = now + bound;
+    while (apr_time_now() < deadline) {
+        apr_sleep(WAIT_STEP);
+        if (sync_from_store(src, p) != before)
+            return APR_SUCCESS;
+        if (src->store->get(src->store, fail, p, 256, &v, &len) == APR_SUCCESS) {
+            *why = apr_pstrcat(p, "fetch failed: ", v, NULL);
+            return APR_EAGAIN;
+        }
+        if (src->store->get(src->store, lease, p, 8, &v, &len) != APR_SUCCESS)
+            return sync_from_store(src, p) != before ? APR_SUCCESS : APR_EAGAIN;
+    }
+    *why = "timed out waiting for a key fetch";
+    return APR_TIMEUP;
+}
+
+/* The current snapshot when it is usable (not older than max_stale), referenced. */
+static entra_keys_snapshot *usable(entra_source *src, apr_int64_t now, int *recent)
+{
+    entra_keys_snapshot *snap = NULL;
+    apr_thread_mutex_lock(src->mu);
+    if (src->cur && now - src->cur->fetched <= src->max_stale)
+        snap = ref(src->cur);
+    *recent = now - src->checked_at < STORE_CHECK_SECONDS;
+    apr_thread_mutex_unlock(src->mu);
+    return snap;
+}
+
+apr_status_t entra_source_acquire(entra_source *src, apr_pool_t *p, entra_keys_snapshot **out,
+                                  const char **why)
+{
+    apr_int64_t now = now_sec();
+    int recent;
+    entra_keys_snapshot *snap = usable(src, now, &recent);
+    apr_status_t rv;
+
+    *out = NULL;
+    if (snap && recent) {
+        *out = snap;
+        return APR_SUCCESS;
+    }
+    entra_snapshot_release(snap);
+    sync_from_store(src, p);
+    if ((snap = usable(src, now, &recent))) {
+        *out = snap;
+        return APR_SUCCESS;
+    }
+    rv = fetch_single_flight(src, p, why);
+    sync_from_store(src, p);
+    if ((snap = usable(src, now_sec(), &recent))) {
+        *out = snap;
+        return APR_SUCCESS;
+    }
+    if (rv == APR_SUCCESS)
+        *why = "no usable keys";
+    return APR_EAGAIN;
+}
+
+entra_keys_snapshot *entra_source_refetch_for_kid(entra_source *src, apr_pool_t *p,
+                                                  entra_keys_snapshot *have, const char *kid)
+{
+    const char *why;
+    char *v;
+    apr_size_t len;
+    int recent;
+    entra_keys_snapshot *snap;
+
+    sync_from_store(src, p);
+    snap = usable(src, now_sec(), &recent);
+    if (snap && snap->version != have->version && entra_keyset_find(snap->ks, kid))
+        return snap;
+    entra_snapshot_release(snap);
+    if (src->store->add(src->store, skey(p, src, "kid"), "1", 1,
+                        apr_time_now() + apr_time_from_sec(src->refetch_interval)) ==
+        APR_SUCCESS) {
+        entra_log(ENTRA_LOG_INFO, "ENTRA0106: %s: unknown kid, refetching keys", src->meta_v2);
+        if (fetch_single_flight(src, p, &why) != APR_SUCCESS)
+            entra_log(ENTRA_LOG_WARN, "ENTRA0107: refetch for an unknown kid failed: %s", why);
+    }
+    else if (src->store->get(src->store, skey(p, src, "lease"), p, 8, &v, &len) == APR_SUCCESS) {
+        /* A fetch is under way (perhaps for this very kid): its answer serves us too. */
+        fetch_single_flight(src, p, &why);
+    }
+    sync_from_store(src, p);
+    snap = usable(src, now_sec(), &recent);
+    return snap ? snap : ref(have);
+}
+
+void entra_source_maintain(entra_source *src, apr_pool_t *p)
+{
+    const char *why;
+    int recent;
+    apr_int64_t now = now_sec();
+    entra_keys_snapshot *snap;
+
+    sync_from_store(src, p);
+    snap = usable(src, now, &recent);
+    if (!snap || now - snap->fetched >= src->refresh_interval) {
+        if (fetch_single_flight(src, p, &why) == APR_SUCCESS)
+            sync_from_store(src, p);
+        else if (snap)
+            entra_log(ENTRA_LOG_WARN,
+                      "ENTRA0108: %s: refresh failed, still using keys fetched %ld s ago: %s",
+                      src->meta_v2, (long)(now - snap->fetched), why);
+    }
+    entra_snapshot_release(snap);
+}

@@ -1,0 +1,61 @@
+/* Signing keys of one issuer source: discovery + JWKS fetched once per machine (through the
+ * shared store), kept per process as refcounted snapshots, refreshed in the background,
+ * refetched on unknown kids at most once per interval, and kept when a refresh fails. */
+#ifndef ENTRA_KEYS_H
+#define ENTRA_KEYS_H
+
+#include <apr_pools.h>
+#include <apr_thread_mutex.h>
+
+#include "entra_http.h"
+#include "entra_jwk.h"
+#include "entra_policy.h"
+#include "entra_store.h"
+
+typedef struct entra_keys_snapshot {
+    apr_pool_t *pool;
+    volatile apr_uint32_t refs;
+    entra_keyset *ks;
+    entra_issuers iss;
+    apr_int64_t fetched; /* seconds since the epoch of the fetch that produced it */
+    apr_int64_t version; /* unique per fetch */
+} entra_keys_snapshot;
+
+typedef struct entra_source {
+    const char *id;      /* store key prefix, unique per source */
+    const char *meta_v2; /* discovery document (v2, or the custom metadata URL) */
+    const char *meta_v1; /* Entra v1 discovery document, or NULL */
+    int entra;           /* Entra issuer rules apply */
+    entra_http_opts http;
+    long refresh_interval; /* seconds between background refreshes */
+    long refetch_interval; /* minimum seconds between unknown-kid refetches */
+    long max_stale;        /* seconds keys stay usable after their last successful fetch */
+    entra_store *store;    /* set before first use */
+
+    /* per process */
+    apr_thread_mutex_t *mu;
+    entra_keys_snapshot *cur;
+    apr_int64_t checked_at;
+} entra_source;
+
+/* Creates a source (mutex included) in `p`. */
+apr_status_t entra_source_create(apr_pool_t *p, const char *id, const char *meta_v2,
+                                 const char *meta_v1, int entra, entra_source **out);
+
+/* A referenced snapshot usable now. With nothing usable cached, one caller on the machine
+ * fetches while the others wait, at most about the fetch timeout: APR_EAGAIN then means
+ * "keys unobtainable" and *why says why. */
+apr_status_t entra_source_acquire(entra_source *src, apr_pool_t *p, entra_keys_snapshot **out,
+                                  const char **why);
+
+/* `kid` is not in `have`: returns a referenced snapshot that may hold it, after at most
+ * one refetch per refetch interval machine-wide (waiting for a fetch in progress). */
+entra_keys_snapshot *entra_source_refetch_for_kid(entra_source *src, apr_pool_t *p,
+                                                  entra_keys_snapshot *have, const char *kid);
+
+void entra_snapshot_release(entra_keys_snapshot *snap);
+
+/* Background upkeep: fetches when nothing is cached or a refresh is due. */
+void entra_source_maintain(entra_source *src, apr_pool_t *p);
+
+#endif

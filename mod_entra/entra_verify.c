@@ -1,0 +1,142 @@
+#include <string.h>
+#include <apr_strings.h>
+#include <openssl/sha.h>
+
+#include "entra_json.h"
+#include "entra_jwt.h"
+#include "entra_log.h"
+#include "entra_verify.h"
+
+#define CACHE_VALUE_MAX 8192         /* larger claim sets are verified every time */
+#define NEGATIVE_TTL 600             /* seconds a bad signature stays remembered */
+
+static const char hexd[] = "0123456789abcdef";
+
+static int token_charset_ok(const char *t, apr_size_t len)
+{
+    apr_size_t i;
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)t[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+static void set_fail(entra_verify_result *res, entra_verify_outcome o, const char *why)
+{
+    res->outcome = o;
+    res->why = why;
+}
+
+/* Claims from a cache hit pass the route's policy again: time moves and routes differ. */
+static void answer_from_cache(apr_pool_t *p, const entra_verifier *v, const char *val,
+                              apr_size_t len, apr_int64_t now, entra_verify_result *res)
+{
+    entra_keys_snapshot *snap;
+    json_t *claims;
+    const char *why;
+
+    if (val[0] == '!') {
+        set_fail(res, ENTRA_VERIFY_INVALID, apr_pstrdup(p, val + 1));
+        return;
+    }
+    if (entra_json_parse_object(p, val, len, CACHE_VALUE_MAX, &claims, &why) != APR_SUCCESS) {
+        set_fail(res, ENTRA_VERIFY_INVALID, "token cache entry unreadable");
+        return;
+    }
+    res->claims = claims;
+    if (entra_source_acquire(v->source, p, &snap, &why) != APR_SUCCESS) {
+        set_fail(res, ENTRA_VERIFY_UNAVAILABLE, why);
+        return;
+    }
+    if (entra_policy_check(p, &v->policy, &snap->iss, claims, now, &why) != APR_SUCCESS)
+        set_fail(res, ENTRA_VERIFY_INVALID, why);
+    entra_snapshot_release(snap);
+}
+
+void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *token,
+                        apr_size_t len, apr_int64_t now, entra_verify_result *res)
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    char hex[2 * SHA256_DIGEST_LENGTH + 1], *val;
+    const char *ckey = NULL, *why;
+    apr_size_t vlen;
+    entra_jwt *jwt;
+    entra_keys_snapshot *snap = NULL, *newer;
+    const entra_key *key;
+    int i;
+
+    memset(res, 0, sizeof(*res));
+    res->outcome = ENTRA_VERIFY_OK;
+    if (len > ENTRA_MAX_TOKEN_LEN) {
+        set_fail(res, ENTRA_VERIFY_INVALID, "token too large");
+        return;
+    }
+    SHA256((const unsigned char *)token, len, md);
+    for (i = 0; i < SHA256_DIGEST_LENGTH; i++) {
+        hex[2 * i] = hexd[md[i] >> 4];
+        hex[2 * i + 1] = hexd[md[i] & 15];
+    }
+    hex[sizeof(hex) - 1] = '\0';
+    res->token_id = apr_pstrndup(p, hex, 12);
+    if (!token_charset_ok(token, len)) {
+        set_fail(res, ENTRA_VERIFY_INVALID, "token is not strict base64url");
+        return;
+    }
+    if (v->cache) {
+        ckey = apr_pstrcat(p, "t", v->source->id, ":", hex, NULL);
+        if (v->cache->get(v->cache, ckey, p, CACHE_VALUE_MAX, &val, &vlen) == APR_SUCCESS) {
+            res->cached = 1;
+            answer_from_cache(p, v, val, vlen, now, res);
+            return;
+        }
+    }
+    if (entra_jwt_parse(p, token, len, v->policy.alg_mask, &jwt, &why) != APR_SUCCESS) {
+        set_fail(res, ENTRA_VERIFY_INVALID, why);
+        return;
+    }
+    res->claims = jwt->claims;
+    if (entra_source_acquire(v->source, p, &snap, &why) != APR_SUCCESS) {
+        set_fail(res, ENTRA_VERIFY_UNAVAILABLE, why);
+        return;
+    }
+    /* Claims first: they cost no crypto, and a token failing them needs no signature check. */
+    if (entra_policy_check(p, &v->policy, &snap->iss, jwt->claims, now, &why) != APR_SUCCESS) {
+        set_fail(res, ENTRA_VERIFY_INVALID, why);
+        goto done;
+    }
+    key = entra_keyset_find(snap->ks, jwt->kid);
+    if (!key) {
+        newer = entra_source_refetch_for_kid(v->source, p, snap, jwt->kid);
+        entra_snapshot_release(snap);
+        snap = newer;
+        key = entra_keyset_find(snap->ks, jwt->kid);
+        if (!key) {
+            set_fail(res, ENTRA_VERIFY_INVALID, "token signing key not found");
+            goto done;
+        }
+    }
+    if (!entra_policy_key_issuer_ok(p, &v->policy, &snap->iss, key, jwt->claims)) {
+        set_fail(res, ENTRA_VERIFY_INVALID, "signing key belongs to another issuer");
+        goto done;
+    }
+    if (entra_jwt_verify(jwt, key, &why) != APR_SUCCESS) {
+        set_fail(res, ENTRA_VERIFY_INVALID, why);
+        /* A signature never becomes valid: remember it so floods of one bad token are cheap. */
+        if (ckey) {
+            const char *neg = apr_pstrcat(p, "!", why, NULL);
+            v->cache->put(v->cache, ckey, neg, strlen(neg),
+                          apr_time_now() + apr_time_from_sec(NEGATIVE_TTL));
+        }
+        goto done;
+    }
+    if (ckey && jwt->payload_len <= CACHE_VALUE_MAX) {
+        double exp = json_number_value(json_object_get(jwt->claims, "exp"));
+        apr_time_t until = apr_time_from_sec((apr_int64_t)exp + v->policy.clock_skew);
+        v->cache->put(v->cache, ckey, jwt->payload, jwt->payload_len, until);
+    }
+done:
+    entra_snapshot_release(snap);
+}

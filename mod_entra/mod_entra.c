@@ -1,0 +1,211 @@
+/* mod_entra: module record, startup, per-process key sources and background upkeep. */
+#include <string.h>
+
+#include <httpd.h>
+#include <http_config.h>
+#include <http_core.h>
+#include <http_log.h>
+#include <http_main.h>
+#include <http_request.h>
+#include <mod_auth.h>
+#include <ap_provider.h>
+#include <apr_hash.h>
+#include <apr_strings.h>
+#include <apr_thread_proc.h>
+#include <openssl/sha.h>
+
+#include "entra_http.h"
+#include "entra_log.h"
+#include "mod_entra.h"
+
+
+
+#define UPKEEP_SECONDS 5
+
+static server_rec *log_server;
+static apr_pool_t *sources_pool;
+static apr_thread_mutex_t *sources_mu;
+static apr_hash_t *sources;
+static volatile int upkeep_stop;
+
+static void log_sink(void *baton, entra_log_level level, const char *msg)
+{
+    (void)baton;
+    ap_log_error(APLOG_MARK, (int)level, 0, log_server, "%s", msg);
+}
+
+/* One source per distinct discovery configuration, shared by all routes using it. */
+entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d)
+{
+    const char *authority = entra_conf_authority(d), *v2, *v1 = NULL, *key;
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    entra_source *src;
+    long refetch = d->refetch_interval, refresh = d->refresh_interval;
+    char id[20];
+    int i;
+
+    if (!sources_mu)
+        return NULL;
+    v2 = d->metadata_url;
+    if (!v2) {
+        v2 = apr_pstrcat(tmp, authority, d->tenant, "/v2.0/.well-known/openid-configuration", NULL);
+        v1 = apr_pstrcat(tmp, authority, d->tenant, "/.well-known/openid-configuration", NULL);
+    }
+    key = apr_psprintf(tmp, "%s|%s|%ld|%ld", v2, d->ca_file ? d->ca_file : "", refetch, refresh);
+    apr_thread_mutex_lock(sources_mu);
+    src = apr_hash_get(sources, key, APR_HASH_KEY_STRING);
+    if (!src) {
+        key = apr_pstrdup(sources_pool, key);
+        SHA256((const unsigned char *)key, strlen(key), md);
+        for (i = 0; i < 8; i++)
+            apr_snprintf(id + 2 * i, 3, "%02x", md[i]);
+        if (entra_source_create(sources_pool, id, v2, v1, !d->metadata_url, &src) ==
+            APR_SUCCESS) {
+            src->http.ca_file = d->ca_file ? apr_pstrdup(sources_pool, d->ca_file) : NULL;
+            if (refetch != ENTRA_UNSET)
+                src->refetch_interval = refetch;
+            if (refresh != ENTRA_UNSET)
+                src->refresh_interval = refresh;
+            src->store = entra_cache_store();
+            apr_hash_set(sources, key, APR_HASH_KEY_STRING, src);
+        }
+        else
+            src = NULL;
+    }
+    apr_thread_mutex_unlock(sources_mu);
+    return src;
+}
+
+/* Registers the sources of every AuthType Entra section so upkeep can warm them up. */
+static void register_configured_sources(server_rec *s, apr_pool_t *ptemp)
+{
+    for (; s; s = s->next) {
+        core_server_config *sc = ap_get_core_module_config(s->module_config);
+        ap_conf_vector_t **sv = (ap_conf_vector_t **)sc->sec_url->elts;
+        int i;
+        for (i = 0; i < sc->sec_url->nelts; i++) {
+            ap_conf_vector_t *m = ap_merge_per_dir_configs(ptemp, s->lookup_defaults, sv[i]);
+            entra_dir_conf *d = ap_get_module_config(m, &entra_module);
+            if (d->auth_entra == 1 && (d->tenant || d->metadata_url))
+                entra_source_for(ptemp, d);
+        }
+    }
+}
+
+static void *APR_THREAD_FUNC upkeep(apr_thread_t *thd, void *data)
+{
+    apr_pool_t *p;
+    int tick = 0;
+    (void)data;
+    apr_pool_create(&p, NULL);
+    while (!upkeep_stop) {
+        if (tick-- <= 0) {
+            apr_hash_index_t *hi;
+            apr_array_header_t *list = apr_array_make(p, 4, sizeof(entra_source *));
+            int i;
+            apr_thread_mutex_lock(sources_mu);
+            for (hi = apr_hash_first(p, sources); hi; hi = apr_hash_next(hi)) {
+                void *v;
+                apr_hash_this(hi, NULL, NULL, &v);
+                APR_ARRAY_PUSH(list, entra_source *) = v;
+            }
+            apr_thread_mutex_unlock(sources_mu);
+            for (i = 0; i < list->nelts && !upkeep_stop; i++)
+                entra_source_maintain(APR_ARRAY_IDX(list, i, entra_source *), p);
+            apr_pool_clear(p);
+            tick = UPKEEP_SECONDS * 10;
+        }
+        apr_sleep(apr_time_from_msec(100));
+    }
+    apr_pool_destroy(p);
+    apr_thread_exit(thd, APR_SUCCESS);
+    return NULL;
+}
+
+static apr_status_t upkeep_join(void *data)
+{
+    apr_status_t rv;
+    upkeep_stop = 1;
+    apr_thread_join(&rv, (apr_thread_t *)data);
+    return APR_SUCCESS;
+}
+
+static authz_status valid_user_check(request_rec *r, const char *line, const void *parsed)
+{
+    (void)line;
+    (void)parsed;
+    return r->user ? AUTHZ_GRANTED : AUTHZ_DENIED_NO_USER;
+}
+
+static const authz_provider valid_user_provider = {valid_user_check, NULL};
+
+static int pre_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp)
+{
+    (void)plog;
+    (void)ptemp;
+    entra_cache_register_mutex(pconf);
+    /* Require valid-user lives in mod_authz_user; stand in when it is not loaded. */
+    if (!ap_lookup_provider(AUTHZ_PROVIDER_GROUP, "valid-user", AUTHZ_PROVIDER_VERSION))
+        ap_register_auth_provider(pconf, AUTHZ_PROVIDER_GROUP, "valid-user",
+                                  AUTHZ_PROVIDER_VERSION, &valid_user_provider,
+                                  AP_AUTH_INTERNAL_PER_CONF);
+    return OK;
+}
+
+static int post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
+{
+    (void)plog;
+    if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG)
+        return OK;
+    log_server = s;
+    entra_log_set(log_sink, NULL, ENTRA_LOG_DEBUG);
+    if (entra_http_global_init() != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, 0, s, "ENTRA0007: libcurl initialisation failed");
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    if (entra_cache_post_config(pconf, ptemp, s) != APR_SUCCESS)
+        return HTTP_INTERNAL_SERVER_ERROR;
+    sources_pool = pconf;
+    sources = apr_hash_make(pconf);
+    if (apr_thread_mutex_create(&sources_mu, APR_THREAD_MUTEX_DEFAULT, pconf) != APR_SUCCESS)
+        return HTTP_INTERNAL_SERVER_ERROR;
+    register_configured_sources(s, ptemp);
+    return OK;
+}
+
+static void child_init(apr_pool_t *p, server_rec *s)
+{
+    apr_thread_t *thd;
+    entra_cache_child_init(p, s);
+    /* Sources found at request time belong to this process: never allocate from pconf,
+     * which the parent owns, while threads run. */
+    apr_pool_create(&sources_pool, p);
+    upkeep_stop = 0;
+    if (apr_thread_create(&thd, NULL, upkeep, NULL, p) == APR_SUCCESS)
+        apr_pool_pre_cleanup_register(p, thd, upkeep_join);
+    else
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, "ENTRA0008: cannot start key upkeep thread");
+}
+
+static void register_hooks(apr_pool_t *p)
+{
+    ap_hook_pre_config(pre_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_check_config(entra_check_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_post_config(post_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_child_init(child_init, NULL, NULL, APR_HOOK_MIDDLE);
+    entra_authn_register_hooks(p);
+    entra_authz_register_providers(p);
+}
+
+AP_DECLARE_MODULE(entra) = {
+    STANDARD20_MODULE_STUFF,
+    entra_create_dir_conf,
+    entra_merge_dir_conf,
+    entra_create_srv_conf,
+    NULL,
+    entra_cmds,
+    register_hooks,
+#if defined(AP_MODULE_FLAG_ALWAYS_MERGE)
+    AP_MODULE_FLAG_ALWAYS_MERGE
+#endif
+};

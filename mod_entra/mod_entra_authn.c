@@ -1,0 +1,397 @@
+/* Inbound: find the bearer token, verify it, answer RFC 6750 errors, pass claims on. */
+#include <string.h>
+#include <strings.h>
+
+#include <httpd.h>
+#include <http_config.h>
+#include <http_core.h>
+#include <http_log.h>
+#include <http_protocol.h>
+#include <http_request.h>
+#include <mod_auth.h>
+#include <util_filter.h>
+#include <apr_strings.h>
+#include <apr_lib.h>
+
+#include "entra_json.h"
+#include "mod_entra.h"
+
+APLOG_USE_MODULE(entra);
+
+#define FORBIDDEN_FILTER "ENTRA_FORBIDDEN"
+
+entra_req_state *entra_req_state_get(request_rec *r)
+{
+    while (r->main)
+        r = r->main;
+    return ap_get_module_config(r->request_config, &entra_module);
+}
+
+static int is_entra(request_rec *r)
+{
+    const char *t = ap_auth_type(r);
+    return t && strcasecmp(t, "Entra") == 0;
+}
+
+static const char *realm(request_rec *r)
+{
+    const char *n = ap_auth_name(r);
+    return n ? n : "Entra";
+}
+
+/* RFC 6750 quoted-string values: our reasons contain no quotes, but be safe. */
+static const char *quoted(apr_pool_t *p, const char *s)
+{
+    char *q = apr_pstrdup(p, s), *c;
+    for (c = q; *c; c++)
+        if (*c == '"' || *c == '\\' || (unsigned char)*c < 0x20)
+            *c = '\'';
+    return q;
+}
+
+static void challenge(request_rec *r, const char *error, const char *desc)
+{
+    const char *v = apr_psprintf(r->pool, "Bearer realm=\"%s\"", quoted(r->pool, realm(r)));
+    if (error)
+        v = apr_psprintf(r->pool, "%s, error=\"%s\"", v, error);
+    if (desc)
+        v = apr_psprintf(r->pool, "%s, error_description=\"%s\"", v, quoted(r->pool, desc));
+    apr_table_setn(r->err_headers_out, "WWW-Authenticate", v);
+}
+
+/* Removes every X-Entra-* request header: only mod_entra may set them. */
+static void strip_entra_headers(apr_table_t *t)
+{
+    const apr_array_header_t *arr = apr_table_elts(t);
+    const apr_table_entry_t *e = (const apr_table_entry_t *)arr->elts;
+    int i, found = 0;
+    for (i = 0; i < arr->nelts; i++)
+        if (e[i].key && strncasecmp(e[i].key, "X-Entra-", 8) == 0)
+            found = 1;
+    while (found) {
+        found = 0;
+        arr = apr_table_elts(t);
+        e = (const apr_table_entry_t *)arr->elts;
+        for (i = 0; i < arr->nelts; i++)
+            if (e[i].key && strncasecmp(e[i].key, "X-Entra-", 8) == 0) {
+                apr_table_unset(t, e[i].key);
+                found = 1;
+                break;
+            }
+    }
+}
+
+static int post_read_request(request_rec *r)
+{
+    strip_entra_headers(r->headers_in);
+    return DECLINED;
+}
+
+typedef enum { TOK_NONE, TOK_ONE, TOK_MANY, TOK_MALFORMED } tok_found;
+
+/* Authorization: Bearer <token>; scheme case-insensitive, one or more spaces. httpd joins
+ * repeated headers with ", ", which a token cannot contain: that reads as TOK_MANY. */
+static tok_found from_header(request_rec *r, const char **tok, apr_size_t *len)
+{
+    const char *h = apr_table_get(r->headers_in, "Authorization"), *t, *end;
+    if (!h)
+        return TOK_NONE;
+    if (strncasecmp(h, "Bearer", 6) != 0 || (h[6] != ' ' && h[6] != '\0')) {
+        /* Another scheme is no bearer token, unless a second header adds one. */
+        return ap_strcasestr(h, ", Bearer ") ? TOK_MANY : TOK_NONE;
+    }
+    for (t = h + 6; *t == ' '; t++)
+        ;
+    for (end = t; *end && *end != ' ' && *end != ','; end++)
+        ;
+    if (*end) {
+        const char *rest = end;
+        while (*rest == ' ')
+            rest++;
+        if (*rest == ',')
+            return TOK_MANY;
+        if (*rest)
+            return TOK_MALFORMED;
+    }
+    *tok = t;
+    *len = (apr_size_t)(end - t);
+    return TOK_ONE;
+}
+
+static tok_found from_query(request_rec *r, const char **tok, apr_size_t *len)
+{
+    const char *a = r->args, *found = NULL;
+    int n = 0;
+    while (a && *a) {
+        const char *amp = strchr(a, '&'), *end = amp ? amp : a + strlen(a);
+        if ((apr_size_t)(end - a) >= 13 && strncmp(a, "access_token=", 13) == 0) {
+            n++;
+            found = a + 13;
+            *len = (apr_size_t)(end - found);
+        }
+        a = amp ? amp + 1 : NULL;
+    }
+    if (n == 0)
+        return TOK_NONE;
+    *tok = found;
+    return n > 1 ? TOK_MANY : TOK_ONE;
+}
+
+static tok_found from_cookie(request_rec *r, const char *name, const char **tok,
+                             apr_size_t *len)
+{
+    const char *c = apr_table_get(r->headers_in, "Cookie");
+    apr_size_t nl = strlen(name);
+    int n = 0;
+    while (c && *c) {
+        const char *semi;
+        while (*c == ' ' || *c == ';' || *c == ',')
+            c++;
+        semi = c + strcspn(c, ";,");
+        if ((apr_size_t)(semi - c) > nl && strncmp(c, name, nl) == 0 && c[nl] == '=') {
+            n++;
+            *tok = c + nl + 1;
+            *len = (apr_size_t)(semi - *tok);
+            while (*len && (*tok)[*len - 1] == ' ')
+                (*len)--;
+        }
+        c = semi;
+    }
+    return n == 0 ? TOK_NONE : n > 1 ? TOK_MANY : TOK_ONE;
+}
+
+/* Finds the token in the places this route accepts; more than one is invalid_request. */
+static tok_found find_token(request_rec *r, const entra_dir_conf *d, const char **tok,
+                            apr_size_t *len)
+{
+    unsigned in = entra_conf_token_in(d);
+    tok_found res[3] = {TOK_NONE, TOK_NONE, TOK_NONE};
+    const char *t[3] = {NULL, NULL, NULL};
+    apr_size_t l[3] = {0, 0, 0};
+    int i, ones = 0;
+
+    if (in & ENTRA_TOKEN_IN_HEADER)
+        res[0] = from_header(r, &t[0], &l[0]);
+    if (in & ENTRA_TOKEN_IN_QUERY)
+        res[1] = from_query(r, &t[1], &l[1]);
+    if ((in & ENTRA_TOKEN_IN_COOKIE) && d->cookie_name)
+        res[2] = from_cookie(r, d->cookie_name, &t[2], &l[2]);
+    for (i = 0; i < 3; i++) {
+        if (res[i] == TOK_MANY || res[i] == TOK_MALFORMED)
+            return res[i];
+        if (res[i] == TOK_ONE) {
+            ones++;
+            *tok = t[i];
+            *len = l[i];
+        }
+    }
+    return ones == 0 ? TOK_NONE : ones > 1 ? TOK_MANY : TOK_ONE;
+}
+
+/* "oid" -> X-Entra-Oid / ENTRA_OID. */
+static void pass_claims(request_rec *r, const entra_dir_conf *d, json_t *claims)
+{
+    int i;
+    for (i = 0; d->pass_claims && i < d->pass_claims->nelts; i++) {
+        const char *name = APR_ARRAY_IDX(d->pass_claims, i, const char *), *val = NULL;
+        json_t *v = json_object_get(claims, name);
+        char *hdr, *env, *c;
+
+        if (json_is_string(v))
+            val = json_string_value(v);
+        else if (json_is_array(v)) {
+            size_t k;
+            json_t *e;
+            val = "";
+            json_array_foreach(v, k, e)
+            {
+                if (json_is_string(e))
+                    val = apr_pstrcat(r->pool, val, *val ? ", " : "", json_string_value(e), NULL);
+            }
+        }
+        else if (json_is_integer(v))
+            val = apr_psprintf(r->pool, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        else if (json_is_boolean(v))
+            val = json_is_true(v) ? "true" : "false";
+        if (!val)
+            continue;
+        /* Header values must not carry line breaks. */
+        val = apr_pstrdup(r->pool, val);
+        for (c = (char *)val; *c; c++)
+            if (*c == '\r' || *c == '\n')
+                *c = ' ';
+        hdr = apr_pstrcat(r->pool, "X-Entra-", name, NULL);
+        hdr[8] = (char)apr_toupper(hdr[8]);
+        env = apr_pstrcat(r->pool, "ENTRA_", name, NULL);
+        for (c = env; *c; c++)
+            *c = *c == '-' || *c == '.' ? '_' : (char)apr_toupper(*c);
+        apr_table_set(r->headers_in, hdr, val);
+        apr_table_set(r->subprocess_env, env, val);
+    }
+}
+
+static const char *claim_or_dash(json_t *claims, const char *name)
+{
+    const char *v = claims ? entra_json_str(claims, name) : NULL;
+    return v ? v : "-";
+}
+
+static int check_authn(request_rec *r)
+{
+    entra_dir_conf *d = ap_get_module_config(r->per_dir_config, &entra_module);
+    entra_verifier v;
+    entra_verify_result res;
+    entra_req_state *st;
+    const char *tok = NULL, *user_claim;
+    apr_size_t len = 0;
+    json_t *user;
+
+    if (!is_entra(r))
+        return DECLINED;
+    strip_entra_headers(r->headers_in);
+    if ((!d->tenant && !d->metadata_url) || !d->audiences) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      "ENTRA0201: AuthType Entra without EntraTenant/EntraAudience here");
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    switch (find_token(r, d, &tok, &len)) {
+    case TOK_NONE:
+        challenge(r, NULL, NULL);
+        return HTTP_UNAUTHORIZED;
+    case TOK_MANY:
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "ENTRA0202: request rejected: more than one access token");
+        challenge(r, "invalid_request", "more than one access token in the request");
+        return HTTP_BAD_REQUEST;
+    case TOK_MALFORMED:
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "ENTRA0203: request rejected: malformed Authorization header");
+        challenge(r, "invalid_request", "malformed Authorization header");
+        return HTTP_BAD_REQUEST;
+    case TOK_ONE:
+        break;
+    }
+
+    memset(&v, 0, sizeof(v));
+    v.policy.tenant = d->metadata_url ? NULL : d->tenant;
+    v.policy.multi_tenant = v.policy.tenant && (!strcmp(v.policy.tenant, "common") ||
+                                                !strcmp(v.policy.tenant, "organizations"));
+    v.policy.allowed_tenants = d->allowed_tenants;
+    v.policy.audiences = d->audiences;
+    v.policy.clock_skew = entra_conf_clock_skew(d);
+    v.policy.max_lifetime = entra_conf_max_lifetime(d);
+    v.policy.alg_mask = entra_conf_alg_mask(d);
+    v.source = entra_source_for(r->pool, d);
+    v.cache = entra_cache_store();
+    if (!v.source) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "ENTRA0204: no key source available");
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    entra_verify_token(r->pool, &v, tok, len, (apr_int64_t)apr_time_sec(r->request_time), &res);
+
+    if (res.outcome == ENTRA_VERIFY_UNAVAILABLE) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      "ENTRA0205: signing keys unavailable, answering 503 (token id %s): %s",
+                      res.token_id, res.why);
+        apr_table_setn(r->err_headers_out, "Retry-After", "10");
+        return HTTP_SERVICE_UNAVAILABLE;
+    }
+    if (res.outcome == ENTRA_VERIFY_OK) {
+        user_claim = d->remote_user_claim ? d->remote_user_claim : "oid";
+        user = json_object_get(res.claims, user_claim);
+        if (!json_is_string(user) || !*json_string_value(user)) {
+            res.outcome = ENTRA_VERIFY_INVALID;
+            res.why = apr_psprintf(r->pool, "token has no %s claim", user_claim);
+        }
+    }
+    if (res.outcome != ENTRA_VERIFY_OK) {
+        const char *app = claim_or_dash(res.claims, "azp");
+        if (!strcmp(app, "-"))
+            app = claim_or_dash(res.claims, "appid");
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "ENTRA0206: token rejected: %s (token id %s, app %s, oid %s%s)", res.why,
+                      res.token_id, app, claim_or_dash(res.claims, "oid"),
+                      res.cached ? ", cached" : "");
+        challenge(r, "invalid_token", res.why);
+        return HTTP_UNAUTHORIZED;
+    }
+
+    st = apr_pcalloc(r->pool, sizeof(*st));
+    st->claims = res.claims;
+    st->token_id = res.token_id;
+    ap_set_module_config(r->request_config, &entra_module, st);
+    r->user = apr_pstrdup(r->pool, json_string_value(user));
+    r->ap_auth_type = "Entra";
+    apr_table_setn(r->subprocess_env, "ENTRA_TOKEN_ID", res.token_id);
+    pass_claims(r, d, res.claims);
+    ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, "ENTRA0207: token %s accepted for %s%s",
+                  res.token_id, r->user, res.cached ? " (cached)" : "");
+    return OK;
+}
+
+/* Called by mod_authz_core for AuthType Entra when it answers 401. */
+static int note_auth_failure(request_rec *r, const char *auth_type)
+{
+    entra_req_state *st;
+    if (strcasecmp(auth_type, "Entra") != 0)
+        return DECLINED;
+    st = entra_req_state_get(r);
+    if (st && st->claims) {
+        /* The token was fine; a Require denied it. RFC 6750 says 403 insufficient_scope. */
+        st->forbidden = 1;
+        challenge(r, "insufficient_scope", "the token does not grant access to this resource");
+    }
+    else if (!apr_table_get(r->err_headers_out, "WWW-Authenticate")) {
+        challenge(r, NULL, NULL);
+    }
+    return OK;
+}
+
+/* mod_authz_core answers a denied, authenticated caller with 401 (unless
+ * AuthzSendForbiddenOnFailure); turn that into the 403 RFC 6750 asks for. */
+static void insert_error_filter(request_rec *r)
+{
+    entra_req_state *st = entra_req_state_get(r);
+    if (st && st->forbidden && r->status == HTTP_UNAUTHORIZED) {
+        r->status = HTTP_FORBIDDEN;
+        r->status_line = NULL;
+        ap_add_output_filter(FORBIDDEN_FILTER, NULL, r, r->connection);
+    }
+}
+
+/* Replaces the canned 401 page with a 403 one. */
+static apr_status_t forbidden_filter(ap_filter_t *f, apr_bucket_brigade *bb)
+{
+    static const char body[] =
+        "<!DOCTYPE HTML PUBLIC \"-//IETF//DTD HTML 2.0//EN\">\n<html><head>\n"
+        "<title>403 Forbidden</title>\n</head><body>\n<h1>Forbidden</h1>\n"
+        "<p>The access token does not grant access to this resource.</p>\n</body></html>\n";
+    apr_bucket *b;
+    int eos = 0;
+
+    for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b))
+        if (APR_BUCKET_IS_EOS(b))
+            eos = 1;
+    if (!eos) {
+        apr_brigade_cleanup(bb);
+        return APR_SUCCESS;
+    }
+    apr_brigade_cleanup(bb);
+    ap_remove_output_filter(f);
+    f->r->status = HTTP_FORBIDDEN;
+    ap_set_content_length(f->r, sizeof(body) - 1);
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_immortal_create(body, sizeof(body) - 1,
+                                                           f->c->bucket_alloc));
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_eos_create(f->c->bucket_alloc));
+    return ap_pass_brigade(f->next, bb);
+}
+
+void entra_authn_register_hooks(apr_pool_t *p)
+{
+    (void)p;
+    ap_hook_post_read_request(post_read_request, NULL, NULL, APR_HOOK_FIRST);
+    ap_hook_check_authn(check_authn, NULL, NULL, APR_HOOK_MIDDLE, AP_AUTH_INTERNAL_PER_CONF);
+    ap_hook_note_auth_failure(note_auth_failure, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_insert_error_filter(insert_error_filter, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_register_output_filter(FORBIDDEN_FILTER, forbidden_filter, NULL, AP_FTYPE_RESOURCE);
+}

@@ -1,0 +1,185 @@
+/* Require entra-role / entra-scope / entra-app / entra-claim over verified claims. */
+#include <string.h>
+
+#include <httpd.h>
+#include <http_config.h>
+#include <http_log.h>
+#include <http_request.h>
+#include <mod_auth.h>
+#include <ap_provider.h>
+#include <apr_strings.h>
+
+#include "mod_entra.h"
+
+APLOG_USE_MODULE(entra);
+
+typedef struct {
+    const char *claim;          /* entra-claim only */
+    apr_array_header_t *values; /* const char * */
+} require_args;
+
+static const char *parse_words(cmd_parms *cmd, const char *line, int with_claim,
+                               const void **parsed)
+{
+    require_args *a = apr_pcalloc(cmd->pool, sizeof(*a));
+    const char *w;
+
+    a->values = apr_array_make(cmd->pool, 4, sizeof(const char *));
+    if (with_claim) {
+        a->claim = ap_getword_conf(cmd->pool, &line);
+        if (!*a->claim)
+            return "Require entra-claim needs a claim name and one or more values";
+    }
+    while (*(w = ap_getword_conf(cmd->pool, &line)))
+        APR_ARRAY_PUSH(a->values, const char *) = w;
+    if (a->values->nelts == 0)
+        return apr_psprintf(cmd->pool, "Require %s needs at least one value",
+                            with_claim ? "entra-claim <name>" : "entra-role/scope/app");
+    *parsed = a;
+    return NULL;
+}
+
+static const char *parse_plain(cmd_parms *cmd, const char *line, const void **parsed)
+{
+    return parse_words(cmd, line, 0, parsed);
+}
+
+static const char *parse_claim(cmd_parms *cmd, const char *line, const void **parsed)
+{
+    return parse_words(cmd, line, 1, parsed);
+}
+
+static int wanted(const require_args *a, const char *v, apr_size_t len)
+{
+    int i;
+    for (i = 0; i < a->values->nelts; i++) {
+        const char *w = APR_ARRAY_IDX(a->values, i, const char *);
+        if (strlen(w) == len && memcmp(w, v, len) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Claims of an authenticated Entra caller, or why there are none. */
+static authz_status claims_of(request_rec *r, json_t **claims)
+{
+    entra_req_state *st;
+    if (!r->user)
+        return AUTHZ_DENIED_NO_USER;
+    st = entra_req_state_get(r);
+    if (!st || !st->claims)
+        return AUTHZ_DENIED;
+    *claims = st->claims;
+    return AUTHZ_GRANTED;
+}
+
+/* A string claim, or any string element of an array claim, equals a wanted value. */
+static int claim_matches(const require_args *a, json_t *v)
+{
+    size_t i;
+    json_t *e;
+    char buf[64];
+
+    if (json_is_string(v))
+        return wanted(a, json_string_value(v), json_string_length(v));
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, e)
+        {
+            if (json_is_string(e) && wanted(a, json_string_value(e), json_string_length(e)))
+                return 1;
+        }
+        return 0;
+    }
+    if (json_is_integer(v)) {
+        snprintf(buf, sizeof(buf), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return wanted(a, buf, strlen(buf));
+    }
+    if (json_is_boolean(v))
+        return wanted(a, json_is_true(v) ? "true" : "false", json_is_true(v) ? 4 : 5);
+    return 0;
+}
+
+static authz_status check_role(request_rec *r, const char *line, const void *parsed)
+{
+    json_t *claims, *roles, *e;
+    authz_status s = claims_of(r, &claims);
+    size_t i;
+    (void)line;
+    if (s != AUTHZ_GRANTED)
+        return s;
+    roles = json_object_get(claims, "roles");
+    /* Entra issues roles as an array of strings; any other shape grants nothing. */
+    if (json_is_array(roles))
+        json_array_foreach(roles, i, e)
+        {
+            if (json_is_string(e) && wanted(parsed, json_string_value(e), json_string_length(e)))
+                return AUTHZ_GRANTED;
+        }
+    return AUTHZ_DENIED;
+}
+
+static authz_status check_scope(request_rec *r, const char *line, const void *parsed)
+{
+    json_t *claims, *scp;
+    authz_status s = claims_of(r, &claims);
+    const char *p;
+    (void)line;
+    if (s != AUTHZ_GRANTED)
+        return s;
+    scp = json_object_get(claims, "scp");
+    if (!json_is_string(scp))
+        return AUTHZ_DENIED;
+    for (p = json_string_value(scp); *p;) {
+        apr_size_t n = strcspn(p, " ");
+        if (n && wanted(parsed, p, n))
+            return AUTHZ_GRANTED;
+        p += n;
+        while (*p == ' ')
+            p++;
+    }
+    return AUTHZ_DENIED;
+}
+
+static authz_status check_app(request_rec *r, const char *line, const void *parsed)
+{
+    json_t *claims, *app;
+    authz_status s = claims_of(r, &claims);
+    (void)line;
+    if (s != AUTHZ_GRANTED)
+        return s;
+    /* v2 tokens name the caller in azp, v1 tokens in appid. */
+    app = json_object_get(claims, "azp");
+    if (!json_is_string(app))
+        app = json_object_get(claims, "appid");
+    return json_is_string(app) && wanted(parsed, json_string_value(app), json_string_length(app))
+               ? AUTHZ_GRANTED
+               : AUTHZ_DENIED;
+}
+
+static authz_status check_claim(request_rec *r, const char *line, const void *parsed)
+{
+    const require_args *a = parsed;
+    json_t *claims;
+    authz_status s = claims_of(r, &claims);
+    (void)line;
+    if (s != AUTHZ_GRANTED)
+        return s;
+    return claim_matches(a, json_object_get(claims, a->claim)) ? AUTHZ_GRANTED : AUTHZ_DENIED;
+}
+
+static const authz_provider role_provider = {check_role, parse_plain};
+static const authz_provider scope_provider = {check_scope, parse_plain};
+static const authz_provider app_provider = {check_app, parse_plain};
+static const authz_provider claim_provider = {check_claim, parse_claim};
+
+void entra_authz_register_providers(apr_pool_t *p)
+{
+    ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, "entra-role", AUTHZ_PROVIDER_VERSION,
+                              &role_provider, AP_AUTH_INTERNAL_PER_CONF);
+    ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, "entra-scope", AUTHZ_PROVIDER_VERSION,
+                              &scope_provider, AP_AUTH_INTERNAL_PER_CONF);
+    ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, "entra-app", AUTHZ_PROVIDER_VERSION,
+                              &app_provider, AP_AUTH_INTERNAL_PER_CONF);
+    ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, "entra-claim", AUTHZ_PROVIDER_VERSION,
+                              &claim_provider, AP_AUTH_INTERNAL_PER_CONF);
+}

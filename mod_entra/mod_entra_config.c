@@ -1,0 +1,384 @@
+/* Directives, per-directory merging and startup validation. */
+#include <string.h>
+#include <strings.h>
+
+#include <httpd.h>
+#include <http_config.h>
+#include <http_core.h>
+#include <http_log.h>
+#include <apr_strings.h>
+#include <apr_lib.h>
+
+#include "entra_http.h"
+#include "entra_jwk.h"
+#include "entra_policy.h"
+#include "mod_entra.h"
+
+APLOG_USE_MODULE(entra);
+
+#define DEFAULT_AUTHORITY "https://login.microsoftonline.com/"
+#define DEFAULT_ALGS ENTRA_ALG_BIT(ENTRA_ALG_RS256)
+
+void *entra_create_dir_conf(apr_pool_t *p, char *dir)
+{
+    entra_dir_conf *d = apr_pcalloc(p, sizeof(*d));
+    (void)dir;
+    d->auth_entra = ENTRA_UNSET;
+    d->clock_skew = ENTRA_UNSET;
+    d->max_lifetime = ENTRA_UNSET;
+    d->refetch_interval = ENTRA_UNSET;
+    d->refresh_interval = ENTRA_UNSET;
+    return d;
+}
+
+#define MERGE_PTR(f) n->f = add->f ? add->f : base->f
+#define MERGE_NUM(f) n->f = add->f != ENTRA_UNSET ? add->f : base->f
+#define MERGE_BITS(f) n->f = add->f ? add->f : base->f
+
+void *entra_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
+{
+    entra_dir_conf *base = basev, *add = addv, *n = apr_pcalloc(p, sizeof(*n));
+    MERGE_NUM(auth_entra);
+    MERGE_PTR(tenant);
+    MERGE_PTR(allowed_tenants);
+    MERGE_PTR(audiences);
+    MERGE_PTR(authority);
+    MERGE_PTR(metadata_url);
+    MERGE_PTR(ca_file);
+    MERGE_BITS(alg_mask);
+    MERGE_NUM(clock_skew);
+    MERGE_NUM(max_lifetime);
+    MERGE_BITS(token_in);
+    MERGE_PTR(cookie_name);
+    MERGE_PTR(remote_user_claim);
+    MERGE_PTR(pass_claims);
+    MERGE_NUM(refetch_interval);
+    MERGE_NUM(refresh_interval);
+    return n;
+}
+
+void *entra_create_srv_conf(apr_pool_t *p, server_rec *s)
+{
+    (void)s;
+    return apr_pcalloc(p, sizeof(entra_srv_conf));
+}
+
+long entra_conf_clock_skew(const entra_dir_conf *d)
+{
+    return d->clock_skew != ENTRA_UNSET ? d->clock_skew : 60;
+}
+
+long entra_conf_max_lifetime(const entra_dir_conf *d)
+{
+    return d->max_lifetime != ENTRA_UNSET ? d->max_lifetime : 90000;
+}
+
+unsigned entra_conf_alg_mask(const entra_dir_conf *d)
+{
+    return d->alg_mask ? d->alg_mask : DEFAULT_ALGS;
+}
+
+unsigned entra_conf_token_in(const entra_dir_conf *d)
+{
+    return d->token_in ? d->token_in : ENTRA_TOKEN_IN_HEADER;
+}
+
+const char *entra_conf_authority(const entra_dir_conf *d)
+{
+    return d->authority ? d->authority : DEFAULT_AUTHORITY;
+}
+
+/* Lower-cases a GUID; NULL when `s` is not one. */
+static const char *guid_arg(apr_pool_t *p, const char *s)
+{
+    char *g = apr_pstrdup(p, s), *c;
+    for (c = g; *c; c++)
+        *c = (char)apr_tolower(*c);
+    return entra_is_guid(g) ? g : NULL;
+}
+
+/* Records AuthType for startup checks, then lets mod_authn_core handle it as usual. */
+static const char *cmd_auth_type(cmd_parms *cmd, void *dv, const char *arg)
+{
+    entra_dir_conf *d = dv;
+    (void)cmd;
+    d->auth_entra = strcasecmp(arg, "Entra") == 0;
+    return DECLINE_CMD;
+}
+
+static const char *cmd_tenant(cmd_parms *cmd, void *dv, const char *arg)
+{
+    entra_dir_conf *d = dv;
+    if (strcasecmp(arg, "common") == 0 || strcasecmp(arg, "organizations") == 0) {
+        d->tenant = apr_pstrdup(cmd->pool, arg);
+        ap_str_tolower((char *)d->tenant);
+        return NULL;
+    }
+    if (!(d->tenant = guid_arg(cmd->pool, arg)))
+        return apr_psprintf(cmd->pool,
+                            "EntraTenant: '%s' is not a tenant id (a GUID), 'organizations' or "
+                            "'common'",
+                            arg);
+    return NULL;
+}
+
+static const char *cmd_allowed_tenants(cmd_parms *cmd, void *dv, const char *arg)
+{
+    entra_dir_conf *d = dv;
+    const char *g = guid_arg(cmd->pool, arg);
+    if (!g)
+        return apr_psprintf(cmd->pool, "EntraAllowedTenants: '%s' is not a tenant id (a GUID)",
+                            arg);
+    if (!d->allowed_tenants)
+        d->allowed_tenants = apr_array_make(cmd->pool, 4, sizeof(const char *));
+    APR_ARRAY_PUSH(d->allowed_tenants, const char *) = g;
+    return NULL;
+}
+
+static const char *cmd_audience(cmd_parms *cmd, void *dv, const char *arg)
+{
+    entra_dir_conf *d = dv;
+    if (!d->audiences)
+        d->audiences = apr_array_make(cmd->pool, 4, sizeof(const char *));
+    APR_ARRAY_PUSH(d->audiences, const char *) = apr_pstrdup(cmd->pool, arg);
+    return NULL;
+}
+
+static const char *url_arg(cmd_parms *cmd, const char *arg, const char **out)
+{
+    if (!entra_http_url_allowed(arg))
+        return apr_psprintf(cmd->pool,
+                            "%s: '%s' must be an https:// URL (http:// only for a loopback "
+                            "address such as 127.0.0.1)",
+                            cmd->cmd->name, arg);
+    *out = apr_pstrdup(cmd->pool, arg);
+    return NULL;
+}
+
+static const char *cmd_authority(cmd_parms *cmd, void *dv, const char *arg)
+{
+    entra_dir_conf *d = dv;
+    const char *err = url_arg(cmd, arg, &d->authority);
+    if (!err && d->authority[strlen(d->authority) - 1] != '/')
+        d->authority = apr_pstrcat(cmd->pool, d->authority, "/", NULL);
+    return err;
+}
+
+static const char *cmd_metadata_url(cmd_parms *cmd, void *dv, const char *arg)
+{
+    return url_arg(cmd, arg, &((entra_dir_conf *)dv)->metadata_url);
+}
+
+static const char *cmd_ca_file(cmd_parms *cmd, void *dv, const char *arg)
+{
+    entra_dir_conf *d = dv;
+    apr_finfo_t fi;
+    const char *path = ap_server_root_relative(cmd->pool, arg);
+    if (!path || apr_stat(&fi, path, APR_FINFO_TYPE, cmd->temp_pool) != APR_SUCCESS ||
+        fi.filetype != APR_REG)
+        return apr_psprintf(cmd->pool, "EntraCACertificateFile: '%s' is not a readable file",
+                            arg);
+    d->ca_file = path;
+    return NULL;
+}
+
+static const char *cmd_algorithms(cmd_parms *cmd, void *dv, const char *arg)
+{
+    entra_dir_conf *d = dv;
+    entra_alg alg = entra_alg_from_name(arg);
+    if (alg == ENTRA_ALG_UNKNOWN)
+        return apr_psprintf(cmd->pool,
+                            "EntraAlgorithms: unsupported algorithm '%s' (allowed: RS256 RS384 "
+                            "RS512 PS256 PS384 PS512 ES256 ES384 ES512)",
+                            arg);
+    d->alg_mask |= ENTRA_ALG_BIT(alg);
+    return NULL;
+}
+
+static const char *seconds_arg(cmd_parms *cmd, const char *arg, long min, long max, long *out)
+{
+    char *end;
+    apr_int64_t v = apr_strtoi64(arg, &end, 10);
+    if (!*arg || *end || v < min || v > max)
+        return apr_psprintf(cmd->pool, "%s: '%s' must be a number of seconds from %ld to %ld",
+                            cmd->cmd->name, arg, min, max);
+    *out = (long)v;
+    return NULL;
+}
+
+static const char *cmd_clock_skew(cmd_parms *cmd, void *dv, const char *arg)
+{
+    return seconds_arg(cmd, arg, 0, 600, &((entra_dir_conf *)dv)->clock_skew);
+}
+
+static const char *cmd_max_lifetime(cmd_parms *cmd, void *dv, const char *arg)
+{
+    return seconds_arg(cmd, arg, 60, 7 * 86400, &((entra_dir_conf *)dv)->max_lifetime);
+}
+
+static const char *cmd_refetch(cmd_parms *cmd, void *dv, const char *arg)
+{
+    return seconds_arg(cmd, arg, 1, 3600, &((entra_dir_conf *)dv)->refetch_interval);
+}
+
+static const char *cmd_refresh(cmd_parms *cmd, void *dv, const char *arg)
+{
+    return seconds_arg(cmd, arg, 60, 7 * 86400, &((entra_dir_conf *)dv)->refresh_interval);
+}
+
+static int is_token_name(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (!apr_isalnum(*s) && *s != '_' && *s != '-' && *s != '.')
+            return 0;
+    return 1;
+}
+
+static const char *cmd_token_in(cmd_parms *cmd, void *dv, const char *arg)
+{
+    entra_dir_conf *d = dv;
+    if (strcasecmp(arg, "header") == 0)
+        d->token_in |= ENTRA_TOKEN_IN_HEADER;
+    else if (strcasecmp(arg, "query") == 0)
+        d->token_in |= ENTRA_TOKEN_IN_QUERY;
+    else if (strncasecmp(arg, "cookie=", 7) == 0 && is_token_name(arg + 7)) {
+        d->token_in |= ENTRA_TOKEN_IN_COOKIE;
+        d->cookie_name = apr_pstrdup(cmd->pool, arg + 7);
+    }
+    else
+        return apr_psprintf(cmd->pool,
+                            "EntraAcceptTokenIn: '%s' is not header, query or cookie=<name>", arg);
+    return NULL;
+}
+
+static const char *cmd_remote_user_claim(cmd_parms *cmd, void *dv, const char *arg)
+{
+    ((entra_dir_conf *)dv)->remote_user_claim = apr_pstrdup(cmd->pool, arg);
+    return NULL;
+}
+
+static const char *cmd_pass_claims(cmd_parms *cmd, void *dv, const char *arg)
+{
+    entra_dir_conf *d = dv;
+    if (!is_token_name(arg))
+        return apr_psprintf(cmd->pool, "EntraPassClaims: '%s' is not a usable claim name", arg);
+    if (!d->pass_claims)
+        d->pass_claims = apr_array_make(cmd->pool, 4, sizeof(const char *));
+    APR_ARRAY_PUSH(d->pass_claims, const char *) = apr_pstrdup(cmd->pool, arg);
+    return NULL;
+}
+
+static const char *cmd_cache(cmd_parms *cmd, void *dv, const char *arg)
+{
+    entra_srv_conf *sc = ap_get_module_config(cmd->server->module_config, &entra_module);
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    (void)dv;
+    if (err)
+        return err;
+    sc->cache_spec = apr_pstrdup(cmd->pool, arg);
+    return NULL;
+}
+
+#define DIR_CMD (RSRC_CONF | ACCESS_CONF)
+
+const command_rec entra_cmds[] = {
+    AP_INIT_TAKE1("AuthType", cmd_auth_type, NULL, OR_AUTHCFG,
+                  "noted by mod_entra, handled by mod_authn_core"),
+    AP_INIT_TAKE1("EntraTenant", cmd_tenant, NULL, DIR_CMD,
+                  "Tenant id (GUID) whose tokens are accepted, or 'organizations'/'common' "
+                  "with EntraAllowedTenants"),
+    AP_INIT_ITERATE("EntraAllowedTenants", cmd_allowed_tenants, NULL, DIR_CMD,
+                    "Tenant ids allowed to call when EntraTenant is organizations or common"),
+    AP_INIT_ITERATE("EntraAudience", cmd_audience, NULL, DIR_CMD,
+                    "Accepted token audiences, e.g. api://<app-id> and the bare <app-id>"),
+    AP_INIT_TAKE1("EntraAuthority", cmd_authority, NULL, DIR_CMD,
+                  "Entra authority URL (default https://login.microsoftonline.com/)"),
+    AP_INIT_TAKE1("EntraMetadataURL", cmd_metadata_url, NULL, DIR_CMD,
+                  "OpenID Connect discovery URL of a non-Entra issuer"),
+    AP_INIT_TAKE1("EntraCACertificateFile", cmd_ca_file, NULL, DIR_CMD,
+                  "PEM file with extra trust anchors for discovery and JWKS"),
+    AP_INIT_ITERATE("EntraAlgorithms", cmd_algorithms, NULL, DIR_CMD,
+                    "Allowed signature algorithms (default RS256)"),
+    AP_INIT_TAKE1("EntraClockSkew", cmd_clock_skew, NULL, DIR_CMD,
+                  "Seconds of clock skew allowed for exp/nbf (default 60)"),
+    AP_INIT_TAKE1("EntraMaxTokenLifetime", cmd_max_lifetime, NULL, DIR_CMD,
+                  "Longest accepted token lifetime in seconds (default 90000)"),
+    AP_INIT_ITERATE("EntraAcceptTokenIn", cmd_token_in, NULL, DIR_CMD,
+                    "Where tokens are read: header, query, cookie=<name> (default header)"),
+    AP_INIT_TAKE1("EntraRemoteUserClaim", cmd_remote_user_claim, NULL, DIR_CMD,
+                  "Claim that becomes REMOTE_USER (default oid)"),
+    AP_INIT_ITERATE("EntraPassClaims", cmd_pass_claims, NULL, DIR_CMD,
+                    "Claims passed to the backend as X-Entra-<Claim> and ENTRA_<CLAIM>"),
+    AP_INIT_TAKE1("EntraKeyRefetchInterval", cmd_refetch, NULL, DIR_CMD,
+                  "Minimum seconds between key refetches for unknown kids (default 60)"),
+    AP_INIT_TAKE1("EntraKeyRefreshInterval", cmd_refresh, NULL, DIR_CMD,
+                  "Seconds between background key refreshes (default 86400)"),
+    AP_INIT_TAKE1("EntraCache", cmd_cache, NULL, RSRC_CONF,
+                  "Shared cache: socache provider[:args] (default shmcb)"),
+    {NULL}};
+
+/* Reports a section's problem; returns !OK so startup (and apachectl -t) fails. */
+static int section_error(server_rec *s, const char *where, const char *msg)
+{
+    ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_CRIT, 0, s,
+                 "ENTRA0001: %s: %s", where, msg);
+    return !OK;
+}
+
+static int check_one(server_rec *s, const char *where, const entra_dir_conf *d)
+{
+    if (d->auth_entra != 1)
+        return OK;
+    if (!d->tenant && !d->metadata_url)
+        return section_error(s, where,
+                             "AuthType Entra needs EntraTenant (or EntraMetadataURL): add "
+                             "'EntraTenant <tenant-guid>'");
+    if (!d->audiences)
+        return section_error(s, where,
+                             "AuthType Entra needs EntraAudience: add 'EntraAudience "
+                             "api://<app-id> <app-id>'");
+    if (d->tenant && (!strcmp(d->tenant, "common") || !strcmp(d->tenant, "organizations")) &&
+        !d->metadata_url && !d->allowed_tenants)
+        return section_error(s, where,
+                             apr_pstrcat(s->process->pool, "EntraTenant ", d->tenant,
+                                         " accepts any tenant: list the callers' tenants with "
+                                         "EntraAllowedTenants",
+                                         NULL));
+    return OK;
+}
+
+int entra_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
+{
+    (void)pconf;
+    (void)plog;
+    for (; s; s = s->next) {
+        core_server_config *sc = ap_get_core_module_config(s->module_config);
+        apr_array_header_t *secs[2] = {sc->sec_url, sc->sec_dir};
+        int k, i, j;
+
+        if (check_one(s, "server config",
+                      ap_get_module_config(s->lookup_defaults, &entra_module)) != OK)
+            return !OK;
+        for (k = 0; k < 2; k++) {
+            ap_conf_vector_t **sv = (ap_conf_vector_t **)secs[k]->elts;
+            for (i = 0; i < secs[k]->nelts; i++) {
+                core_dir_config *ci = ap_get_core_module_config(sv[i]);
+                ap_conf_vector_t *m = s->lookup_defaults;
+                /* A <Location> inherits from the sections above it whose path prefixes it. */
+                for (j = 0; j <= i; j++) {
+                    core_dir_config *cj = ap_get_core_module_config(sv[j]);
+                    if (j == i || (!cj->r && !ci->r && cj->d && ci->d &&
+                                   strncmp(ci->d, cj->d, strlen(cj->d)) == 0))
+                        m = ap_merge_per_dir_configs(ptemp, m, sv[j]);
+                }
+                if (check_one(s, apr_pstrcat(ptemp, k ? "<Directory " : "<Location ",
+                                             ci->d ? ci->d : "?", ">", NULL),
+                              ap_get_module_config(m, &entra_module)) != OK)
+                    return !OK;
+            }
+        }
+    }
+    return OK;
+}
