@@ -20,9 +20,17 @@ APR_LIBS    := $(shell apr-1-config --link-ld --libs 2>/dev/null) $(shell apu-1-
 DEP_CFLAGS  := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 DEP_LIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
+# The sanitizer flavour builds into build/san/ so it never clobbers the normal build.
+ifeq ($(SANITIZE),1)
+MODULE   = build/san/mod_entra.so
+UNIT_DIR = build/unit-san
+else
 MODULE   = mod_entra/.libs/mod_entra.so
+UNIT_DIR = build/unit
+endif
 UNIT_SRC = $(wildcard t/unit/test_*.c)
-UNIT_BIN = $(UNIT_SRC:.c=)
+UNIT_BIN = $(patsubst t/unit/%.c,$(UNIT_DIR)/%,$(UNIT_SRC))
+HTTPD_CFLAGS := $(shell $(APXS) -q CFLAGS 2>/dev/null) $(shell $(APXS) -q EXTRA_CPPFLAGS 2>/dev/null) $(shell $(APXS) -q EXTRA_INCLUDES 2>/dev/null)
 
 .PHONY: all module unit test test-unit test-e2e install clean help demo deps
 
@@ -37,16 +45,22 @@ help:
 
 module: $(MODULE)
 
-# apxs/libtool build all sources into the DSO; SANITIZE=1 builds an instrumented one.
-$(MODULE): $(CORE_SRC) $(GLUE_SRC) $(HDRS) Makefile
-	cd mod_entra && $(APXS) -c -o mod_entra.la \
-	  $(addprefix -Wc$(comma),$(WARN) $(OPT) $(SAN) $(DEP_CFLAGS)) \
-	  $(if $(SAN),-Wl$(comma)-fsanitize=address$(comma)-fsanitize=undefined) \
-	  $(notdir $(GLUE_SRC) $(CORE_SRC)) $(DEP_LIBS) >/dev/null
-
 comma := ,
 
-t/unit/test_%: t/unit/test_%.c t/unit/unit.h $(CORE_SRC) $(HDRS)
+# apxs/libtool build all sources into the DSO.
+mod_entra/.libs/mod_entra.so: $(CORE_SRC) $(GLUE_SRC) $(HDRS) Makefile
+	cd mod_entra && $(APXS) -c -o mod_entra.la \
+	  $(addprefix -Wc$(comma),$(WARN) $(OPT) $(DEP_CFLAGS)) \
+	  $(notdir $(GLUE_SRC) $(CORE_SRC)) $(DEP_LIBS) >/dev/null
+
+# ASan+UBSan DSO; apache2 runs it with the sanitizer runtimes preloaded (see t/lib/httpd.py).
+build/san/mod_entra.so: $(CORE_SRC) $(GLUE_SRC) $(HDRS) Makefile
+	@mkdir -p build/san
+	$(CC) -shared -fPIC $(HTTPD_CFLAGS) $(WARN) $(OPT) $(SAN) $(DEP_CFLAGS) -o $@ \
+	  $(GLUE_SRC) $(CORE_SRC) $(DEP_LIBS)
+
+$(UNIT_DIR)/test_%: t/unit/test_%.c t/unit/unit.h $(CORE_SRC) $(HDRS)
+	@mkdir -p $(UNIT_DIR)
 	$(CC) $(WARN) $(OPT) $(SAN) -Imod_entra -It/unit $(APR_CFLAGS) $(DEP_CFLAGS) -o $@ $< $(CORE_SRC) $(APR_LIBS) $(DEP_LIBS) -lpthread
 
 unit: $(UNIT_BIN)
@@ -55,7 +69,7 @@ test-unit: unit
 	@set -e; for t in $(UNIT_BIN); do $$t; done
 
 test-e2e: module
-	ENTRA_SANITIZE=$(SANITIZE) $(PYTHON) -m pytest -q t/
+	ENTRA_SANITIZE=$(SANITIZE) ENTRA_MODULE=$(CURDIR)/$(MODULE) $(PYTHON) -m pytest -q t/
 
 test: test-unit test-e2e
 
@@ -74,4 +88,4 @@ demo: module
 	$(PYTHON) t/demo.py
 
 clean:
-	rm -rf mod_entra/*.o mod_entra/*.lo mod_entra/*.slo mod_entra/*.la mod_entra/.libs $(UNIT_BIN)
+	rm -rf mod_entra/*.o mod_entra/*.lo mod_entra/*.slo mod_entra/*.la mod_entra/.libs build
