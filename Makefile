@@ -32,7 +32,7 @@ UNIT_SRC = $(wildcard t/unit/test_*.c)
 UNIT_BIN = $(patsubst t/unit/%.c,$(UNIT_DIR)/%,$(UNIT_SRC))
 HTTPD_CFLAGS := $(shell $(APXS) -q CFLAGS 2>/dev/null) $(shell $(APXS) -q EXTRA_CPPFLAGS 2>/dev/null) $(shell $(APXS) -q EXTRA_INCLUDES 2>/dev/null)
 
-.PHONY: all module unit test test-unit test-e2e install clean help demo deps
+.PHONY: all module unit test test-unit test-e2e install clean help demo demo-stop deps
 
 all: module
 
@@ -40,6 +40,7 @@ help:
 	@echo "make            build $(MODULE)"
 	@echo "make test       unit tests + end-to-end tests against a real apache2 (SANITIZE=1: ASan+UBSan)"
 	@echo "make demo       start a demo httpd with mod_entra, a backend and a local token issuer"
+	@echo "make demo-stop  stop the demo"
 	@echo "make install    install the module and conf/entra.{load,conf} for a2enmod entra"
 	@echo "make deps       install the Debian packages needed to build and test (as root)"
 
@@ -49,9 +50,10 @@ comma := ,
 
 # apxs/libtool build all sources into the DSO.
 mod_entra/.libs/mod_entra.so: $(CORE_SRC) $(GLUE_SRC) $(HDRS) Makefile
-	cd mod_entra && $(APXS) -c -o mod_entra.la \
+	@echo "  APXS  $@"
+	@cd mod_entra && $(APXS) -c -o mod_entra.la \
 	  $(addprefix -Wc$(comma),$(WARN) $(OPT) $(DEP_CFLAGS)) \
-	  $(notdir $(GLUE_SRC) $(CORE_SRC)) $(DEP_LIBS) >/dev/null
+	  $(notdir $(GLUE_SRC) $(CORE_SRC)) $(DEP_LIBS) >build.log 2>&1 || { cat build.log; exit 1; }
 
 # ASan+UBSan DSO; apache2 runs it with the sanitizer runtimes preloaded (see t/lib/httpd.py).
 build/san/mod_entra.so: $(CORE_SRC) $(GLUE_SRC) $(HDRS) Makefile
@@ -71,21 +73,23 @@ test-unit: unit
 test-e2e: module
 	ENTRA_SANITIZE=$(SANITIZE) ENTRA_MODULE=$(CURDIR)/$(MODULE) $(PYTHON) -m pytest -q t/
 
-test: test-unit test-e2e
+# `make test` and `make demo` first install missing Debian packages (as root) or name them.
+test: deps
+	@$(MAKE) --no-print-directory test-unit test-e2e
 
 install: module
 	$(APXS) -i -n entra $(MODULE)
 	install -m 644 conf/entra.load conf/entra.conf $$(apxs -q SYSCONFDIR)/mods-available/
 
 deps:
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-	  make gcc apache2 apache2-dev libapr1-dev libaprutil1-dev libssl-dev libcurl4-openssl-dev \
-	  libjansson-dev liblua5.4-dev lua5.4 pkg-config python3 python3-pytest python3-requests \
-	  python3-cryptography curl ca-certificates
+	@sh t/deps.sh
 
-demo: module
-	$(PYTHON) t/demo.py
+demo: deps
+	@$(MAKE) --no-print-directory module
+	@$(PYTHON) t/demo.py start
+
+demo-stop:
+	@$(PYTHON) t/demo.py stop
 
 clean:
 	rm -rf mod_entra/*.o mod_entra/*.lo mod_entra/*.slo mod_entra/*.la mod_entra/.libs build
