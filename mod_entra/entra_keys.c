@@ -359,13 +359,17 @@ entra_keys_snapshot *entra_source_refetch_for_kid(entra_source *src, apr_pool_t 
 void entra_source_maintain(entra_source *src, apr_pool_t *p)
 {
     const char *why;
+    char *v;
+    apr_size_t len;
     int recent;
     apr_int64_t now = now_sec();
     entra_keys_snapshot *snap;
 
     sync_from_store(src, p);
     snap = usable(src, now, &recent);
-    if (!snap || now - snap->fetched >= src->refresh_interval) {
+    /* While failures back off, the failing attempt has been logged already. */
+    if ((!snap || now - snap->fetched >= src->refresh_interval) &&
+        src->store->get(src->store, skey(p, src, "fail"), p, 256, &v, &len) != APR_SUCCESS) {
         if (fetch_single_flight(src, p, &why) == APR_SUCCESS)
             sync_from_store(src, p);
         else if (snap)

@@ -24,6 +24,12 @@ static int token_charset_ok(const char *t, apr_size_t len)
     return 1;
 }
 
+/* Cached claims live until the token expires (plus the skew the policy allows). */
+static apr_int64_t cache_until(const entra_verifier *v, json_t *claims)
+{
+    return (apr_int64_t)json_number_value(json_object_get(claims, "exp")) + v->policy.clock_skew;
+}
+
 static void set_fail(entra_verify_result *res, entra_verify_outcome o, const char *why)
 {
     res->outcome = o;
@@ -31,22 +37,14 @@ static void set_fail(entra_verify_result *res, entra_verify_outcome o, const cha
 }
 
 /* Claims from a cache hit pass the route's policy again: time moves and routes differ. */
-static void answer_from_cache(apr_pool_t *p, const entra_verifier *v, const char *val,
-                              apr_size_t len, apr_int64_t now, entra_verify_result *res)
+static void recheck(apr_pool_t *p, const entra_verifier *v, json_t *claims, apr_int64_t now,
+                    entra_verify_result *res)
 {
     entra_keys_snapshot *snap;
-    json_t *claims;
     const char *why;
 
-    if (val[0] == '!') {
-        set_fail(res, ENTRA_VERIFY_INVALID, apr_pstrdup(p, val + 1));
-        return;
-    }
-    if (entra_json_parse_object(p, val, len, CACHE_VALUE_MAX, &claims, &why) != APR_SUCCESS) {
-        set_fail(res, ENTRA_VERIFY_INVALID, "token cache entry unreadable");
-        return;
-    }
     res->claims = claims;
+    res->cached = 1;
     if (entra_source_acquire(v->source, p, &snap, &why) != APR_SUCCESS) {
         set_fail(res, ENTRA_VERIFY_UNAVAILABLE, why);
         return;
@@ -54,6 +52,28 @@ static void answer_from_cache(apr_pool_t *p, const entra_verifier *v, const char
     if (entra_policy_check(p, &v->policy, &snap->iss, claims, now, &why) != APR_SUCCESS)
         set_fail(res, ENTRA_VERIFY_INVALID, why);
     entra_snapshot_release(snap);
+}
+
+/* Negative entries are "!reason"; positive ones the claims JSON as it was signed. */
+static void answer_from_store(apr_pool_t *p, const entra_verifier *v, const unsigned char *md,
+                              const char *val, apr_size_t len, apr_int64_t now,
+                              entra_verify_result *res)
+{
+    json_t *claims;
+    const char *why;
+
+    if (val[0] == '!') {
+        res->cached = 1;
+        set_fail(res, ENTRA_VERIFY_INVALID, apr_pstrdup(p, val + 1));
+        return;
+    }
+    if (entra_json_parse_object(p, val, len, CACHE_VALUE_MAX, &claims, &why) != APR_SUCCESS) {
+        set_fail(res, ENTRA_VERIFY_INVALID, "token cache entry unreadable");
+        return;
+    }
+    if (v->l1)
+        entra_l1_put(v->l1, md, v->source, claims, cache_until(v, claims));
+    recheck(p, v, claims, now, res);
 }
 
 void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *token,
@@ -85,11 +105,17 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
         set_fail(res, ENTRA_VERIFY_INVALID, "token is not strict base64url");
         return;
     }
+    if (v->l1) {
+        json_t *claims = entra_l1_get(v->l1, p, md, v->source, now);
+        if (claims) {
+            recheck(p, v, claims, now, res);
+            return;
+        }
+    }
     if (v->cache) {
         ckey = apr_pstrcat(p, "t", v->source->id, ":", hex, NULL);
         if (v->cache->get(v->cache, ckey, p, CACHE_VALUE_MAX, &val, &vlen) == APR_SUCCESS) {
-            res->cached = 1;
-            answer_from_cache(p, v, val, vlen, now, res);
+            answer_from_store(p, v, md, val, vlen, now, res);
             return;
         }
     }
@@ -132,11 +158,11 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
         }
         goto done;
     }
-    if (ckey && jwt->payload_len <= CACHE_VALUE_MAX) {
-        double exp = json_number_value(json_object_get(jwt->claims, "exp"));
-        apr_time_t until = apr_time_from_sec((apr_int64_t)exp + v->policy.clock_skew);
-        v->cache->put(v->cache, ckey, jwt->payload, jwt->payload_len, until);
-    }
+    if (ckey && jwt->payload_len <= CACHE_VALUE_MAX)
+        v->cache->put(v->cache, ckey, jwt->payload, jwt->payload_len,
+                      apr_time_from_sec(cache_until(v, jwt->claims)));
+    if (v->l1)
+        entra_l1_put(v->l1, md, v->source, jwt->claims, cache_until(v, jwt->claims));
 done:
     entra_snapshot_release(snap);
 }

@@ -7,13 +7,15 @@
 #include <jansson.h>
 
 #include "entra_keys.h"
+#include "entra_l1.h"
 #include "entra_policy.h"
 #include "entra_store.h"
 
 typedef struct entra_verifier {
     entra_policy policy;
     entra_source *source;
-    entra_store *cache; /* validated-token cache, or NULL */
+    entra_store *cache; /* validated-token cache shared by processes, or NULL */
+    entra_l1 *l1;       /* per-process cache in front of it, or NULL */
 } entra_verifier;
 
 typedef enum {

@@ -27,6 +27,23 @@ static apr_pool_t *sources_pool;
 static apr_thread_mutex_t *sources_mu;
 static apr_hash_t *sources;
 static volatile int upkeep_stop;
+static entra_l1 *process_l1;
+
+/* Recently used configurations by identity of their (merged, never copied) strings, so
+ * the common request finds its source without building strings. */
+#define RECENT 16
+typedef struct {
+    const char *tenant, *authority, *metadata_url, *ca_file;
+    long refetch, refresh;
+    entra_source *src;
+} recent_t;
+static recent_t recent[RECENT];
+static unsigned recent_next;
+
+entra_l1 *entra_process_l1(void)
+{
+    return process_l1;
+}
 
 static void log_sink(void *baton, entra_log_level level, const char *msg)
 {
@@ -46,6 +63,18 @@ entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d)
 
     if (!sources_mu)
         return NULL;
+    apr_thread_mutex_lock(sources_mu);
+    for (i = 0; i < RECENT; i++) {
+        recent_t *e = &recent[i];
+        if (e->src && e->tenant == d->tenant && e->authority == d->authority &&
+            e->metadata_url == d->metadata_url && e->ca_file == d->ca_file &&
+            e->refetch == refetch && e->refresh == refresh) {
+            src = e->src;
+            apr_thread_mutex_unlock(sources_mu);
+            return src;
+        }
+    }
+    apr_thread_mutex_unlock(sources_mu);
     v2 = d->metadata_url;
     if (!v2) {
         v2 = apr_pstrcat(tmp, authority, d->tenant, "/v2.0/.well-known/openid-configuration", NULL);
@@ -71,6 +100,16 @@ entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d)
         }
         else
             src = NULL;
+    }
+    if (src) {
+        recent_t *e = &recent[recent_next++ % RECENT];
+        e->tenant = d->tenant;
+        e->authority = d->authority;
+        e->metadata_url = d->metadata_url;
+        e->ca_file = d->ca_file;
+        e->refetch = refetch;
+        e->refresh = refresh;
+        e->src = src;
     }
     apr_thread_mutex_unlock(sources_mu);
     return src;
@@ -180,6 +219,8 @@ static void child_init(apr_pool_t *p, server_rec *s)
     /* Sources found at request time belong to this process: never allocate from pconf,
      * which the parent owns, while threads run. */
     apr_pool_create(&sources_pool, p);
+    if (entra_l1_create(p, 256, &process_l1) != APR_SUCCESS)
+        process_l1 = NULL;
     upkeep_stop = 0;
     if (apr_thread_create(&thd, NULL, upkeep, NULL, p) == APR_SUCCESS)
         apr_pool_pre_cleanup_register(p, thd, upkeep_join);

@@ -74,6 +74,9 @@ entra_store *entra_cache_store(void);
 /* Key sources by configuration, one per process: mod_entra.c. */
 entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d);
 
+/* This process's small cache of verified claims (NULL before child init). */
+entra_l1 *entra_process_l1(void);
+
 /* The request's verified state, or NULL. */
 entra_req_state *entra_req_state_get(request_rec *r);
 
