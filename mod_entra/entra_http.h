@@ -9,7 +9,9 @@ typedef struct entra_http_opts {
     long timeout_ms;      /* whole request */
     apr_size_t max_body;  /* larger responses fail */
     const char *ca_file;  /* extra trust anchors, or NULL */
-    int direct;           /* never through a proxy (IMDS, Arc, loopback) */
+    int direct;           /* never through a proxy (IMDS, Arc, loopback); also allows
+                             http:// to the IMDS link-local address 169.254.169.254 */
+    const volatile int *cancel; /* when it becomes non-zero the request is abandoned */
 } entra_http_opts;
 
 typedef struct entra_http_resp {

@@ -25,7 +25,7 @@ static int host_is_loopback(const char *host)
     return 0;
 }
 
-int entra_http_url_allowed(const char *url)
+static int url_allowed(const char *url, int imds)
 {
     CURLU *u = curl_url();
     char *scheme = NULL, *host = NULL;
@@ -35,12 +35,25 @@ int entra_http_url_allowed(const char *url)
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
         curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
         ok = strcmp(scheme, "https") == 0 ||
-             (strcmp(scheme, "http") == 0 && host_is_loopback(host));
+             (strcmp(scheme, "http") == 0 &&
+              (host_is_loopback(host) || (imds && strcmp(host, "169.254.169.254") == 0)));
     }
     curl_free(scheme);
     curl_free(host);
     curl_url_cleanup(u);
     return ok;
+}
+
+int entra_http_url_allowed(const char *url)
+{
+    return url_allowed(url, 0);
+}
+
+static int on_progress(void *baton, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    const volatile int *cancel = baton;
+    (void)dt, (void)dn, (void)ut, (void)un;
+    return *cancel ? 1 : 0;
 }
 
 typedef struct {
@@ -119,7 +132,7 @@ apr_status_t entra_http_request(apr_pool_t *p, const char *url, const char *cons
     apr_status_t rv = APR_SUCCESS;
 
     *out = NULL;
-    if (!entra_http_url_allowed(url)) {
+    if (!url_allowed(url, opts->direct)) {
         *why = "URL refused (https required, or http to a loopback address)";
         return APR_EINVAL;
     }
@@ -153,6 +166,11 @@ apr_status_t entra_http_request(apr_pool_t *p, const char *url, const char *cons
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &sink);
     curl_easy_setopt(c, CURLOPT_USERAGENT, "mod_entra/0.1");
+    if (opts->cancel) {
+        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+        curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)opts->cancel);
+        curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    }
     if (hl)
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
     if (body) {
@@ -166,6 +184,8 @@ apr_status_t entra_http_request(apr_pool_t *p, const char *url, const char *cons
             *why = "response too large";
         else if (rc == CURLE_OPERATION_TIMEDOUT)
             *why = "timed out";
+        else if (rc == CURLE_ABORTED_BY_CALLBACK)
+            *why = "cancelled";
         else
             *why = apr_pstrdup(p, curl_easy_strerror(rc));
         rv = rc == CURLE_OPERATION_TIMEDOUT ? APR_TIMEUP : APR_EGENERAL;

@@ -91,6 +91,7 @@ entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d)
         if (entra_source_create(sources_pool, id, v2, v1, !d->metadata_url, &src) ==
             APR_SUCCESS) {
             src->http.ca_file = d->ca_file ? apr_pstrdup(sources_pool, d->ca_file) : NULL;
+            src->http.cancel = &upkeep_stop;
             if (refetch != ENTRA_UNSET)
                 src->refetch_interval = refetch;
             if (refresh != ENTRA_UNSET)
@@ -134,10 +135,15 @@ static void register_configured_sources(server_rec *s, apr_pool_t *ptemp)
 static void *APR_THREAD_FUNC upkeep(apr_thread_t *thd, void *data)
 {
     apr_pool_t *p;
-    int tick = 0;
+    int tick = 0, second = 0;
     (void)data;
     apr_pool_create(&p, NULL);
     while (!upkeep_stop) {
+        if (second-- <= 0) {
+            entra_proxy_maintain(p);
+            apr_pool_clear(p);
+            second = 10;
+        }
         if (tick-- <= 0) {
             apr_hash_index_t *hi;
             apr_array_header_t *list = apr_array_make(p, 4, sizeof(entra_source *));
@@ -209,7 +215,7 @@ static int post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, s
     if (apr_thread_mutex_create(&sources_mu, APR_THREAD_MUTEX_DEFAULT, pconf) != APR_SUCCESS)
         return HTTP_INTERNAL_SERVER_ERROR;
     register_configured_sources(s, ptemp);
-    return OK;
+    return entra_proxy_post_config(pconf, ptemp, s) == OK ? OK : HTTP_INTERNAL_SERVER_ERROR;
 }
 
 static void child_init(apr_pool_t *p, server_rec *s)
@@ -222,6 +228,7 @@ static void child_init(apr_pool_t *p, server_rec *s)
     if (entra_l1_create(p, 256, &process_l1) != APR_SUCCESS)
         process_l1 = NULL;
     upkeep_stop = 0;
+    entra_proxy_child_init(p, s, &upkeep_stop);
     if (apr_thread_create(&thd, NULL, upkeep, NULL, p) == APR_SUCCESS)
         apr_pool_pre_cleanup_register(p, thd, upkeep_join);
     else
@@ -235,6 +242,7 @@ static void register_hooks(apr_pool_t *p)
     ap_hook_post_config(post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(child_init, NULL, NULL, APR_HOOK_MIDDLE);
     entra_authn_register_hooks(p);
+    entra_proxy_register_hooks(p);
     entra_authz_register_providers(p);
 }
 

@@ -5,6 +5,7 @@
 #include <httpd.h>
 #include <http_config.h>
 #include <apr_tables.h>
+#include <apr_hash.h>
 #include <jansson.h>
 
 #include "entra_store.h"
@@ -37,10 +38,24 @@ typedef struct entra_dir_conf {
     apr_array_header_t *pass_claims; /* const char * */
     long refetch_interval;           /* ENTRA_UNSET */
     long refresh_interval;           /* ENTRA_UNSET */
+    struct entra_proxy_token *proxy_token; /* EntraProxyToken, or NULL */
+    int proxy_on_error_pass;               /* ENTRA_UNSET, 0 deny, 1 pass */
 } entra_dir_conf;
 
+/* One EntraProxyToken line; merged configs share it, so resolving it once serves all. */
+typedef struct entra_proxy_token {
+    const char *resource;
+    const char *identity; /* name, or NULL for the only one */
+    const char *header;   /* "Authorization" by default */
+    const char *where;    /* for messages */
+    struct entra_tokensrc *ts; /* resolved at startup */
+} entra_proxy_token;
+
 typedef struct entra_srv_conf {
-    const char *cache_spec; /* "provider[:args]" */
+    const char *cache_spec;  /* "provider[:args]" */
+    apr_hash_t *identities;  /* name -> entra_cred *, main server only */
+    long token_timeout_ms;   /* ENTRA_UNSET */
+    const char *arc_key_dir; /* ENTRA_UNSET -> /var/opt/azcmagent/tokens */
 } entra_srv_conf;
 
 /* What authentication established for a request, for the authz providers and filters. */
@@ -79,6 +94,21 @@ entra_l1 *entra_process_l1(void);
 
 /* The request's verified state, or NULL. */
 entra_req_state *entra_req_state_get(request_rec *r);
+
+/* Outbound tokens (mod_entra_proxy.c). */
+const char *entra_cmd_identity(cmd_parms *cmd, void *dv, const char *args);
+const char *entra_cmd_proxy_token(cmd_parms *cmd, void *dv, const char *args);
+const char *entra_cmd_proxy_on_error(cmd_parms *cmd, void *dv, const char *arg);
+const char *entra_cmd_token_timeout(cmd_parms *cmd, void *dv, const char *arg);
+const char *entra_cmd_arc_key_dir(cmd_parms *cmd, void *dv, const char *arg);
+int entra_proxy_post_config(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s);
+void entra_proxy_child_init(apr_pool_t *p, server_rec *s, const volatile int *cancel);
+void entra_proxy_maintain(apr_pool_t *p);
+void entra_proxy_register_hooks(apr_pool_t *p);
+
+/* Arc key files through a privileged helper (mod_entra_arc.c). */
+apr_status_t entra_arc_helper_start(apr_pool_t *pconf, server_rec *s, const char *key_dir);
+const char *entra_arc_read_key(void *baton, apr_pool_t *p, const char *path, const char **why);
 
 /* Hooks of mod_entra_authn.c and the Require providers of mod_entra_authz.c. */
 void entra_authn_register_hooks(apr_pool_t *p);

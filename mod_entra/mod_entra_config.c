@@ -7,6 +7,7 @@
 #include <http_core.h>
 #include <http_log.h>
 #include <apr_strings.h>
+#include <apr_hash.h>
 #include <apr_lib.h>
 
 #include "entra_http.h"
@@ -28,6 +29,7 @@ void *entra_create_dir_conf(apr_pool_t *p, char *dir)
     d->max_lifetime = ENTRA_UNSET;
     d->refetch_interval = ENTRA_UNSET;
     d->refresh_interval = ENTRA_UNSET;
+    d->proxy_on_error_pass = ENTRA_UNSET;
     return d;
 }
 
@@ -54,13 +56,18 @@ void *entra_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     MERGE_PTR(pass_claims);
     MERGE_NUM(refetch_interval);
     MERGE_NUM(refresh_interval);
+    MERGE_PTR(proxy_token);
+    MERGE_NUM(proxy_on_error_pass);
     return n;
 }
 
 void *entra_create_srv_conf(apr_pool_t *p, server_rec *s)
 {
+    entra_srv_conf *sc = apr_pcalloc(p, sizeof(entra_srv_conf));
     (void)s;
-    return apr_pcalloc(p, sizeof(entra_srv_conf));
+    sc->identities = apr_hash_make(p);
+    sc->token_timeout_ms = ENTRA_UNSET;
+    return sc;
 }
 
 long entra_conf_clock_skew(const entra_dir_conf *d)
@@ -317,6 +324,18 @@ const command_rec entra_cmds[] = {
                   "Seconds between background key refreshes (default 86400)"),
     AP_INIT_TAKE1("EntraCache", cmd_cache, NULL, RSRC_CONF,
                   "Shared cache: socache provider[:args] (default shmcb)"),
+    AP_INIT_RAW_ARGS("EntraIdentity", entra_cmd_identity, NULL, RSRC_CONF,
+                     "<name> managed|workload|secret|certificate [key=value ...]: an identity "
+                     "that acquires tokens"),
+    AP_INIT_RAW_ARGS("EntraProxyToken", entra_cmd_proxy_token, NULL, DIR_CMD,
+                     "<resource-or-scope> [identity=<name>] [header=<name>]: attach a token to "
+                     "requests proxied from here"),
+    AP_INIT_TAKE1("EntraProxyTokenOnError", entra_cmd_proxy_on_error, NULL, DIR_CMD,
+                  "deny (503, default) or pass (forward without a token) when none is available"),
+    AP_INIT_TAKE1("EntraTokenTimeout", entra_cmd_token_timeout, NULL, RSRC_CONF,
+                  "Seconds a request waits for a token fetch (default 10)"),
+    AP_INIT_TAKE1("EntraArcKeyDirectory", entra_cmd_arc_key_dir, NULL, RSRC_CONF,
+                  "Directory of Azure Arc challenge key files (default /var/opt/azcmagent/tokens)"),
     {NULL}};
 
 /* Reports a section's problem; returns !OK so startup (and apachectl -t) fails. */
