@@ -329,8 +329,9 @@ int entra_proxy_post_config(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s)
             for (i = -1; i < secs[k]->nelts; i++) {
                 entra_dir_conf *d = ap_get_module_config(i < 0 ? vs->lookup_defaults : sv[i],
                                                          &entra_module);
-                entra_proxy_token *pt = d->proxy_token;
+                entra_proxy_token *pt = d ? d->proxy_token : NULL;
                 entra_cred *c;
+                /* A section without our directives has no config of ours at all. */
                 if (!pt || pt->ts)
                     continue;
                 if (!(c = identity_for(sc, pt))) {
