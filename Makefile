@@ -3,10 +3,14 @@ APXS    ?= apxs
 PYTHON  ?= /usr/bin/python3
 CC      ?= gcc
 PKGS     = jansson libcurl openssl
+LUA_PKG  = lua5.4
 
 CORE_SRC = $(wildcard mod_entra/entra_*.c)
 GLUE_SRC = mod_entra/mod_entra.c $(filter-out mod_entra/mod_entra.c,$(wildcard mod_entra/mod_entra_*.c))
-HDRS     = $(wildcard mod_entra/*.h)
+LUAV_SRC = lua/entra_lua_json.c
+HDRS     = $(wildcard mod_entra/*.h lua/*.h)
+LUA_CFLAGS := $(shell pkg-config --cflags $(LUA_PKG) 2>/dev/null) -Ilua
+LUA_LIBS    := $(shell pkg-config --libs $(LUA_PKG) 2>/dev/null)
 
 WARN     = -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 OPT      = -O2 -g
@@ -23,18 +27,21 @@ DEP_LIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # The sanitizer flavour builds into build/san/ so it never clobbers the normal build.
 ifeq ($(SANITIZE),1)
 MODULE   = build/san/mod_entra.so
+LUAMOD   = build/san/entra.so
 UNIT_DIR = build/unit-san
 else
 MODULE   = mod_entra/.libs/mod_entra.so
+LUAMOD   = lua/entra.so
 UNIT_DIR = build/unit
 endif
+LUAMOD_SRC = $(wildcard lua/lua_entra.c)
 UNIT_SRC = $(wildcard t/unit/test_*.c)
 UNIT_BIN = $(patsubst t/unit/%.c,$(UNIT_DIR)/%,$(UNIT_SRC))
 HTTPD_CFLAGS := $(shell $(APXS) -q CFLAGS 2>/dev/null) $(shell $(APXS) -q EXTRA_CPPFLAGS 2>/dev/null) $(shell $(APXS) -q EXTRA_INCLUDES 2>/dev/null)
 
-.PHONY: all module unit test test-unit test-e2e install clean help demo demo-stop deps
+.PHONY: all module luamod unit test test-unit test-e2e install clean help demo demo-stop deps
 
-all: module
+all: module $(if $(LUAMOD_SRC),luamod)
 
 help:
 	@echo "make            build $(MODULE)"
@@ -46,20 +53,32 @@ help:
 
 module: $(MODULE)
 
+luamod: $(LUAMOD)
+
 comma := ,
 
 # apxs/libtool build all sources into the DSO.
-mod_entra/.libs/mod_entra.so: $(CORE_SRC) $(GLUE_SRC) $(HDRS) Makefile
+# Lua 5.4 is linked as Debian's shared liblua5.4, whose symbols are versioned (LUA_5.4):
+# they cannot bind to mod_lua's Lua 5.3 in the same httpd.
+mod_entra/.libs/mod_entra.so: $(CORE_SRC) $(GLUE_SRC) $(LUAV_SRC) $(HDRS) Makefile
 	@echo "  APXS  $@"
 	@cd mod_entra && $(APXS) -c -o mod_entra.la \
-	  $(addprefix -Wc$(comma),$(WARN) $(OPT) $(DEP_CFLAGS)) \
-	  $(notdir $(GLUE_SRC) $(CORE_SRC)) $(DEP_LIBS) >build.log 2>&1 || { cat build.log; exit 1; }
+	  $(addprefix -Wc$(comma),$(WARN) $(OPT) $(DEP_CFLAGS) $(LUA_CFLAGS:-Ilua=-I../lua)) \
+	  $(notdir $(GLUE_SRC) $(CORE_SRC)) $(addprefix ../,$(LUAV_SRC)) \
+	  $(DEP_LIBS) $(LUA_LIBS) >build.log 2>&1 || { cat build.log; exit 1; }
 
 # ASan+UBSan DSO; apache2 runs it with the sanitizer runtimes preloaded (see t/lib/httpd.py).
-build/san/mod_entra.so: $(CORE_SRC) $(GLUE_SRC) $(HDRS) Makefile
+build/san/mod_entra.so: $(CORE_SRC) $(GLUE_SRC) $(LUAV_SRC) $(HDRS) Makefile
 	@mkdir -p build/san
-	$(CC) -shared -fPIC $(HTTPD_CFLAGS) $(WARN) $(OPT) $(SAN) $(DEP_CFLAGS) -o $@ \
-	  $(GLUE_SRC) $(CORE_SRC) $(DEP_LIBS)
+	$(CC) -shared -fPIC $(HTTPD_CFLAGS) $(WARN) $(OPT) $(SAN) $(DEP_CFLAGS) $(LUA_CFLAGS) -o $@ \
+	  $(GLUE_SRC) $(CORE_SRC) $(LUAV_SRC) $(DEP_LIBS) $(LUA_LIBS)
+
+# The standalone `require "entra"` module: the same core, no httpd. Lua C modules take the
+# Lua API from the interpreter, so liblua is not linked.
+$(LUAMOD): $(LUAMOD_SRC) $(LUAV_SRC) $(CORE_SRC) $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) -shared -fPIC $(WARN) $(OPT) $(SAN) -Imod_entra $(APR_CFLAGS) $(DEP_CFLAGS) $(LUA_CFLAGS) \
+	  -o $@ $(LUAMOD_SRC) $(LUAV_SRC) $(CORE_SRC) $(APR_LIBS) $(DEP_LIBS)
 
 $(UNIT_DIR)/test_%: t/unit/test_%.c t/unit/unit.h $(CORE_SRC) $(HDRS)
 	@mkdir -p $(UNIT_DIR)
@@ -70,14 +89,15 @@ unit: $(UNIT_BIN)
 test-unit: unit
 	@set -e; for t in $(UNIT_BIN); do $$t; done
 
-test-e2e: module
-	ENTRA_SANITIZE=$(SANITIZE) ENTRA_MODULE=$(CURDIR)/$(MODULE) $(PYTHON) -m pytest -q t/
+test-e2e: module $(if $(LUAMOD_SRC),luamod)
+	ENTRA_SANITIZE=$(SANITIZE) ENTRA_MODULE=$(CURDIR)/$(MODULE) ENTRA_LUAMOD=$(CURDIR)/$(LUAMOD) \
+	  $(PYTHON) -m pytest -q t/
 
 # `make test` and `make demo` first install missing Debian packages (as root) or name them.
 test: deps
 	@$(MAKE) --no-print-directory test-unit test-e2e
 
-install: module
+install: module $(if $(LUAMOD_SRC),luamod)
 	$(APXS) -i -n entra $(MODULE)
 	install -m 644 conf/entra.load conf/entra.conf $$(apxs -q SYSCONFDIR)/mods-available/
 
