@@ -244,6 +244,7 @@ static void register_hooks(apr_pool_t *p)
     entra_authn_register_hooks(p);
     entra_proxy_register_hooks(p);
     entra_authz_register_providers(p);
+    entra_lua_register_providers(p);
 }
 
 AP_DECLARE_MODULE(entra) = {

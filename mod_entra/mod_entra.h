@@ -39,6 +39,7 @@ typedef struct entra_dir_conf {
     long refetch_interval;           /* ENTRA_UNSET */
     long refresh_interval;           /* ENTRA_UNSET */
     struct entra_proxy_token *proxy_token; /* EntraProxyToken, or NULL */
+    struct entra_lua_rules *lua_rules;     /* EntraLuaRules, or NULL */
     int proxy_on_error_pass;               /* ENTRA_UNSET, 0 deny, 1 pass */
 } entra_dir_conf;
 
@@ -56,6 +57,8 @@ typedef struct entra_srv_conf {
     apr_hash_t *identities;  /* name -> entra_cred *, main server only */
     long token_timeout_ms;   /* ENTRA_UNSET */
     const char *arc_key_dir; /* ENTRA_UNSET -> /var/opt/azcmagent/tokens */
+    long lua_max_instructions; /* ENTRA_UNSET */
+    long lua_max_memory;       /* ENTRA_UNSET */
 } entra_srv_conf;
 
 /* What authentication established for a request, for the authz providers and filters. */
@@ -105,6 +108,11 @@ int entra_proxy_post_config(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s)
 void entra_proxy_child_init(apr_pool_t *p, server_rec *s, const volatile int *cancel);
 void entra_proxy_maintain(apr_pool_t *p);
 void entra_proxy_register_hooks(apr_pool_t *p);
+
+/* Lua rules (mod_entra_lua.c). */
+const char *entra_cmd_lua_rules(cmd_parms *cmd, void *dv, const char *arg);
+const char *entra_cmd_lua_limit(cmd_parms *cmd, void *dv, const char *arg);
+void entra_lua_register_providers(apr_pool_t *p);
 
 /* Arc key files through a privileged helper (mod_entra_arc.c). */
 apr_status_t entra_arc_helper_start(apr_pool_t *pconf, server_rec *s, const char *key_dir);

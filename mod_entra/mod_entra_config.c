@@ -57,6 +57,7 @@ void *entra_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     MERGE_NUM(refetch_interval);
     MERGE_NUM(refresh_interval);
     MERGE_PTR(proxy_token);
+    MERGE_PTR(lua_rules);
     MERGE_NUM(proxy_on_error_pass);
     return n;
 }
@@ -67,6 +68,8 @@ void *entra_create_srv_conf(apr_pool_t *p, server_rec *s)
     (void)s;
     sc->identities = apr_hash_make(p);
     sc->token_timeout_ms = ENTRA_UNSET;
+    sc->lua_max_instructions = ENTRA_UNSET;
+    sc->lua_max_memory = ENTRA_UNSET;
     return sc;
 }
 
@@ -334,6 +337,12 @@ const command_rec entra_cmds[] = {
                   "deny (503, default) or pass (forward without a token) when none is available"),
     AP_INIT_TAKE1("EntraTokenTimeout", entra_cmd_token_timeout, NULL, RSRC_CONF,
                   "Seconds a request waits for a token fetch (default 10)"),
+    AP_INIT_TAKE1("EntraLuaRules", entra_cmd_lua_rules, NULL, DIR_CMD,
+                  "Lua file whose functions 'Require entra-lua <function>' calls"),
+    AP_INIT_TAKE1("EntraLuaMaxInstructions", entra_cmd_lua_limit, (void *)"i", RSRC_CONF,
+                  "Lua instructions one rule call may run (default 1000000)"),
+    AP_INIT_TAKE1("EntraLuaMaxMemory", entra_cmd_lua_limit, (void *)"m", RSRC_CONF,
+                  "Bytes of memory one Lua rules state may use (default 8388608)"),
     AP_INIT_TAKE1("EntraArcKeyDirectory", entra_cmd_arc_key_dir, NULL, RSRC_CONF,
                   "Directory of Azure Arc challenge key files (default /var/opt/azcmagent/tokens)"),
     {NULL}};
