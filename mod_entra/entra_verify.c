@@ -63,8 +63,14 @@ static void answer_from_store(apr_pool_t *p, const entra_verifier *v, const unsi
     const char *why;
 
     if (val[0] == '!') {
+        /* "!reason\n{claims the log names}" */
+        const char *nl = strchr(val, '\n');
         res->cached = 1;
-        set_fail(res, ENTRA_VERIFY_INVALID, apr_pstrdup(p, val + 1));
+        set_fail(res, ENTRA_VERIFY_INVALID,
+                 nl ? apr_pstrndup(p, val + 1, (apr_size_t)(nl - val - 1)) : val + 1);
+        if (nl && entra_json_parse_object(p, nl + 1, strlen(nl + 1), 1024, &claims, &why) ==
+                      APR_SUCCESS)
+            res->claims = claims;
         return;
     }
     if (entra_json_parse_object(p, val, len, CACHE_VALUE_MAX, &claims, &why) != APR_SUCCESS) {
@@ -152,7 +158,15 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
         set_fail(res, ENTRA_VERIFY_INVALID, why);
         /* A signature never becomes valid: remember it so floods of one bad token are cheap. */
         if (ckey) {
-            const char *neg = apr_pstrcat(p, "!", why, NULL);
+            /* Keep who the caller claimed to be, for the log lines of later rejections. */
+            json_t *who = entra_json_pool_own(p, json_object());
+            const char *neg, *names[] = {"azp", "appid", "oid"};
+            int k;
+            for (k = 0; k < 3; k++)
+                if (entra_json_str(jwt->claims, names[k]) &&
+                    strlen(entra_json_str(jwt->claims, names[k])) <= 64)
+                    json_object_set(who, names[k], json_object_get(jwt->claims, names[k]));
+            neg = apr_pstrcat(p, "!", why, "\n", entra_json_dump(p, who), NULL);
             v->cache->put(v->cache, ckey, neg, strlen(neg),
                           apr_time_now() + apr_time_from_sec(NEGATIVE_TTL));
         }
