@@ -39,7 +39,7 @@ UNIT_SRC = $(wildcard t/unit/test_*.c)
 UNIT_BIN = $(patsubst t/unit/%.c,$(UNIT_DIR)/%,$(UNIT_SRC))
 HTTPD_CFLAGS := $(shell $(APXS) -q CFLAGS 2>/dev/null) $(shell $(APXS) -q EXTRA_CPPFLAGS 2>/dev/null) $(shell $(APXS) -q EXTRA_INCLUDES 2>/dev/null)
 
-.PHONY: all module luamod unit test test-unit test-e2e install clean help demo demo-stop deps
+.PHONY: bench all module luamod unit test test-unit test-e2e install clean help demo demo-stop deps
 
 all: module $(if $(LUAMOD_SRC),luamod)
 
@@ -48,6 +48,7 @@ help:
 	@echo "make test       unit tests + end-to-end tests against a real apache2 (SANITIZE=1: ASan+UBSan)"
 	@echo "make demo       start a demo httpd with mod_entra, a backend and a local token issuer"
 	@echo "make demo-stop  stop the demo"
+	@echo "make bench      benchmark against no auth and the peers (BENCH_ARGS=--smoke: short)"
 	@echo "make install    install the module and conf/entra.{load,conf} for a2enmod entra"
 	@echo "make deps       install the Debian packages needed to build and test (as root)"
 
@@ -107,6 +108,12 @@ deps:
 demo: deps
 	@$(MAKE) --no-print-directory module
 	@$(PYTHON) t/demo.py start
+
+# Side-by-side benchmark (prints a table; not a test). BENCH_ARGS=--smoke for a short run.
+bench: export EXTRA_PKGS = wrk libapache2-mod-auth-openidc libapache2-mod-oauth2
+bench: deps
+	@$(MAKE) --no-print-directory module
+	@$(PYTHON) t/bench/bench.py $(BENCH_ARGS)
 
 demo-stop:
 	@$(PYTHON) t/demo.py stop
