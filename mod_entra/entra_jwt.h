@@ -26,8 +26,8 @@ typedef struct entra_jwt {
 /* Parses a compact JWS without any crypto: exactly three non-empty strict-base64url
  * segments, header and claims JSON objects without duplicate keys, a known signing `alg`
  * in `alg_mask` (ENTRA_ALG_BIT set), a string `kid`, no `crit`, no Graph-style `nonce`.
- * `jku`, `x5u`, `jwk` and `x5c` are never looked at. On failure *why is a short reason
- * safe to show to the caller. */
+ * `jku`, `x5u`, `jwk` and `x5c` are never looked at (but count towards the 2 KiB limit of
+ * the decoded header). On failure *why is a short reason safe to show to the caller. */
 apr_status_t entra_jwt_parse(apr_pool_t *p, const char *token, apr_size_t len,
                              unsigned alg_mask, entra_jwt **out, const char **why);
 
