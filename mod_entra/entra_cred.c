@@ -298,8 +298,12 @@ static const char *arc_key_path(apr_pool_t *p, const entra_cred *c, const char *
 {
     const char *realm = challenge ? strstr(challenge, "realm=") : NULL, *dir = c->arc_key_dir;
     char *path;
-    apr_size_t dl = strlen(dir), n;
+    apr_size_t dl = dir ? strlen(dir) : 0, n;
 
+    if (!dir) {
+        *why = "no Arc key directory configured";
+        return NULL;
+    }
     if (!challenge || strncasecmp(challenge, "Basic ", 6) != 0 || !realm) {
         *why = "Arc answered 401 without a Basic realm challenge";
         return NULL;
@@ -368,7 +372,7 @@ static apr_status_t fetch_managed(apr_pool_t *p, const entra_cred *c, const char
     }
     if (rv != APR_SUCCESS) {
         fr->error = why;
-        fr->retryable = 1;
+        fr->retryable = rv != APR_EINVAL; /* a refused URL stays refused */
         return rv;
     }
     return take_response(p, c, resp, now, tok, fr);
@@ -465,7 +469,7 @@ static apr_status_t fetch_entra(apr_pool_t *p, const entra_cred *c, const char *
     rv = entra_http_request(p, url, hdrs, body, strlen(body), o, &resp, &why);
     if (rv != APR_SUCCESS) {
         fr->error = why;
-        fr->retryable = 1;
+        fr->retryable = rv != APR_EINVAL;
         return rv;
     }
     return take_response(p, c, resp, now, tok, fr);

@@ -81,6 +81,7 @@ static entra_keys_snapshot *snapshot_from_record(const entra_source *src, const 
     snap->iss.entra = src->entra;
     snap->fetched = (apr_int64_t)json_integer_value(json_object_get(j, "fetched"));
     snap->version = (apr_int64_t)json_integer_value(json_object_get(j, "v"));
+    snap->v1_tried = json_is_true(json_object_get(j, "v1try"));
     return snap;
 }
 
@@ -167,8 +168,10 @@ static apr_status_t fetch_doc_keys(entra_source *src, apr_pool_t *p, const char 
     return APR_SUCCESS;
 }
 
-/* One full fetch; on success the new record is in the store. */
-static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, const char **why)
+/* One fetch; on success the new record is in the store. Requests only wait for the v2
+ * document and keys (which verify v1 tokens too); `with_v1` adds the v1 document, as the
+ * background upkeep does. */
+static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, int with_v1, const char **why)
 {
     const char *iss2, *uri2, *iss1 = NULL, *uri1, *why1;
     entra_keyset *ks2, *ks1;
@@ -183,7 +186,7 @@ static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, const char **why
         return rv;
     rec = entra_json_pool_own(p, json_deep_copy(ks2->compact));
     keys = json_object_get(rec, "keys");
-    if (src->meta_v1) {
+    if (src->meta_v1 && with_v1) {
         /* v1 tokens are optional: the v2 keys still verify them when this fails. */
         if (fetch_doc_keys(src, p, src->meta_v1, &iss1, &uri1, &ks1, &why1) == APR_SUCCESS) {
             for (i = 0; i < ks1->keys->nelts; i++) {
@@ -199,6 +202,19 @@ static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, const char **why
                       why1);
         }
     }
+    else if (src->meta_v1) {
+        /* A v2-only refetch keeps what the last full fetch learnt of v1. */
+        char *old;
+        apr_size_t olen;
+        json_t *prev;
+        if (src->store->get(src->store, skey(p, src, "rec"), p, RECORD_MAX, &old, &olen) ==
+                APR_SUCCESS &&
+            entra_json_parse_object(p, old, olen, RECORD_MAX, &prev, &why1) == APR_SUCCESS &&
+            json_is_true(json_object_get(prev, "v1try"))) {
+            iss1 = entra_json_str(prev, "iss1");
+            with_v1 = 1;
+        }
+    }
     if (json_array_size(keys) == 0) {
         *why = apr_pstrcat(p, "JWKS ", uri2, ": no usable signing keys", NULL);
         return APR_EGENERAL;
@@ -207,6 +223,7 @@ static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, const char **why
     if (iss1)
         json_object_set_new(rec, "iss1", json_string(iss1));
     json_object_set_new(rec, "fetched", json_integer((json_int_t)now));
+    json_object_set_new(rec, "v1try", json_boolean(with_v1 || !src->meta_v1));
     json_object_set_new(rec, "v", json_integer((json_int_t)t0));
     text = entra_json_dump(p, rec);
     if (!text || strlen(text) > RECORD_MAX) {
@@ -226,7 +243,8 @@ static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, const char **why
 
 /* Fetches unless another process on the machine already is; either way returns once new
  * keys are stored, the fetch failed, or the fetch timeout passed. */
-static apr_status_t fetch_single_flight(entra_source *src, apr_pool_t *p, const char **why)
+static apr_status_t fetch_single_flight(entra_source *src, apr_pool_t *p, int with_v1,
+                                        const char **why)
 {
     const char *lease = skey(p, src, "lease"), *fail = skey(p, src, "fail");
     apr_time_t now = apr_time_now(), deadline;
@@ -241,7 +259,7 @@ static apr_status_t fetch_single_flight(entra_source *src, apr_pool_t *p, const 
         return APR_EAGAIN;
     }
     if (src->store->add(src->store, lease, "1", 1, now + bound) == APR_SUCCESS) {
-        rv = fetch_now(src, p, why);
+        rv = fetch_now(src, p, with_v1, why);
         if (rv != APR_SUCCESS) {
             /* Back off: 5 s doubling to 60 s while failures continue. */
             char *prev;
@@ -315,7 +333,7 @@ apr_status_t entra_source_acquire(entra_source *src, apr_pool_t *p, entra_keys_s
         *out = snap;
         return APR_SUCCESS;
     }
-    rv = fetch_single_flight(src, p, why);
+    rv = fetch_single_flight(src, p, 0, why);
     sync_from_store(src, p);
     if ((snap = usable(src, now_sec(), &recent))) {
         *out = snap;
@@ -344,12 +362,12 @@ entra_keys_snapshot *entra_source_refetch_for_kid(entra_source *src, apr_pool_t 
                         apr_time_now() + apr_time_from_sec(src->refetch_interval)) ==
         APR_SUCCESS) {
         entra_log(ENTRA_LOG_INFO, "ENTRA0106: %s: unknown kid, refetching keys", src->meta_v2);
-        if (fetch_single_flight(src, p, &why) != APR_SUCCESS)
+        if (fetch_single_flight(src, p, 0, &why) != APR_SUCCESS)
             entra_log(ENTRA_LOG_WARN, "ENTRA0107: refetch for an unknown kid failed: %s", why);
     }
     else if (src->store->get(src->store, skey(p, src, "lease"), p, 8, &v, &len) == APR_SUCCESS) {
         /* A fetch is under way (perhaps for this very kid): its answer serves us too. */
-        fetch_single_flight(src, p, &why);
+        fetch_single_flight(src, p, 0, &why);
     }
     sync_from_store(src, p);
     snap = usable(src, now_sec(), &recent);
@@ -368,9 +386,10 @@ void entra_source_maintain(entra_source *src, apr_pool_t *p)
     sync_from_store(src, p);
     snap = usable(src, now, &recent);
     /* While failures back off, the failing attempt has been logged already. */
-    if ((!snap || now - snap->fetched >= src->refresh_interval) &&
+    if ((!snap || now - snap->fetched >= src->refresh_interval || !snap->v1_tried) &&
         src->store->get(src->store, skey(p, src, "fail"), p, 256, &v, &len) != APR_SUCCESS) {
-        if (fetch_single_flight(src, p, &why) == APR_SUCCESS)
+        /* Cold: v2 first, so requests waiting on this fetch get keys soonest. */
+        if (fetch_single_flight(src, p, snap != NULL, &why) == APR_SUCCESS)
             sync_from_store(src, p);
         else if (snap)
             entra_log(ENTRA_LOG_WARN,

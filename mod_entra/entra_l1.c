@@ -8,6 +8,7 @@ typedef struct {
     unsigned char hash[ENTRA_L1_HASH_LEN];
     const void *ns;
     json_t *claims; /* NULL when empty */
+    int alg;
     apr_int64_t expiry;
 } slot_t;
 
@@ -44,21 +45,23 @@ static slot_t *slot_of(entra_l1 *l1, const unsigned char *hash)
 }
 
 json_t *entra_l1_get(entra_l1 *l1, apr_pool_t *p, const unsigned char *hash, const void *ns,
-                     apr_int64_t now)
+                     apr_int64_t now, int *alg)
 {
     slot_t *s = slot_of(l1, hash);
     json_t *c = NULL;
 
     apr_thread_mutex_lock(l1->mu);
     if (s->claims && s->ns == ns && now < s->expiry &&
-        memcmp(s->hash, hash, ENTRA_L1_HASH_LEN) == 0)
+        memcmp(s->hash, hash, ENTRA_L1_HASH_LEN) == 0) {
         c = json_incref(s->claims);
+        *alg = s->alg;
+    }
     apr_thread_mutex_unlock(l1->mu);
     return c ? entra_json_pool_own(p, c) : NULL;
 }
 
 void entra_l1_put(entra_l1 *l1, const unsigned char *hash, const void *ns, json_t *claims,
-                  apr_int64_t expiry)
+                  int alg, apr_int64_t expiry)
 {
     slot_t *s = slot_of(l1, hash);
     json_t *old;
@@ -69,6 +72,7 @@ void entra_l1_put(entra_l1 *l1, const unsigned char *hash, const void *ns, json_
     memcpy(s->hash, hash, ENTRA_L1_HASH_LEN);
     s->ns = ns;
     s->claims = claims;
+    s->alg = alg;
     s->expiry = expiry;
     apr_thread_mutex_unlock(l1->mu);
     json_decref(old);

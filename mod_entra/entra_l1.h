@@ -12,13 +12,13 @@ typedef struct entra_l1 entra_l1;
 
 apr_status_t entra_l1_create(apr_pool_t *p, unsigned slots, entra_l1 **out);
 
-/* Claims cached for (hash, ns) and live at `now`, with a new reference owned by pool `p`;
- * NULL otherwise. */
+/* Claims cached for (hash, ns) and live at `now`, with a new reference owned by pool `p`,
+ * and the token's signature algorithm in *alg; NULL otherwise. */
 json_t *entra_l1_get(entra_l1 *l1, apr_pool_t *p, const unsigned char *hash, const void *ns,
-                     apr_int64_t now);
+                     apr_int64_t now, int *alg);
 
-/* Caches `claims` (takes its own reference) until `expiry` (seconds). */
+/* Caches `claims` (takes its own reference) and the token's `alg` until `expiry` (s). */
 void entra_l1_put(entra_l1 *l1, const unsigned char *hash, const void *ns, json_t *claims,
-                  apr_int64_t expiry);
+                  int alg, apr_int64_t expiry);
 
 #endif

@@ -78,6 +78,10 @@ static apr_status_t check_issuer(apr_pool_t *p, const entra_policy *pol,
         return APR_EINVAL;
     }
     tid = token_tenant(pol, claims);
+    if (!tid && !pol->multi_tenant) {
+        *why = "no tenant configured";
+        return APR_EINVAL;
+    }
     if (pol->multi_tenant) {
         if (!tid || !entra_is_guid(tid)) {
             *why = "token tid is not a tenant id";

@@ -277,7 +277,7 @@ static apr_status_t fetch_single_flight(entra_tokensrc *ts, apr_pool_t *p, long 
             json_t *f;
             char *text;
             /* Cold fetches should be retried soon; refreshes of a live token can wait. */
-            if (backoff > 30 && !local_token(ts, p, now, 0))
+            if (fr.retry_after < 0 && backoff > 5 && !local_token(ts, p, now, 0))
                 backoff = 5;
             f = json_pack("{s:i, s:I, s:s}", "n", n, "next", (json_int_t)(now + backoff), "err", err);
             text = entra_json_dump(p, entra_json_pool_own(p, f));

@@ -37,14 +37,20 @@ static void set_fail(entra_verify_result *res, entra_verify_outcome o, const cha
 }
 
 /* Claims from a cache hit pass the route's policy again: time moves and routes differ. */
-static void recheck(apr_pool_t *p, const entra_verifier *v, json_t *claims, apr_int64_t now,
-                    entra_verify_result *res)
+static void recheck(apr_pool_t *p, const entra_verifier *v, json_t *claims, int alg,
+                    apr_int64_t now, entra_verify_result *res)
 {
     entra_keys_snapshot *snap;
     const char *why;
 
     res->claims = claims;
     res->cached = 1;
+    /* Routes sharing keys may allow different algorithms. */
+    if (alg <= ENTRA_ALG_UNKNOWN || alg > ENTRA_ALG_ES512 ||
+        !(v->policy.alg_mask & ENTRA_ALG_BIT((entra_alg)alg))) {
+        set_fail(res, ENTRA_VERIFY_INVALID, "token algorithm not allowed");
+        return;
+    }
     if (entra_source_acquire(v->source, p, &snap, &why) != APR_SUCCESS) {
         set_fail(res, ENTRA_VERIFY_UNAVAILABLE, why);
         return;
@@ -54,7 +60,8 @@ static void recheck(apr_pool_t *p, const entra_verifier *v, json_t *claims, apr_
     entra_snapshot_release(snap);
 }
 
-/* Negative entries are "!reason"; positive ones the claims JSON as it was signed. */
+/* Negative entries are "!reason\n{who}"; positive ones the algorithm's number and the
+ * claims JSON as it was signed. */
 static void answer_from_store(apr_pool_t *p, const entra_verifier *v, const unsigned char *md,
                               const char *val, apr_size_t len, apr_int64_t now,
                               entra_verify_result *res)
@@ -73,13 +80,15 @@ static void answer_from_store(apr_pool_t *p, const entra_verifier *v, const unsi
             res->claims = claims;
         return;
     }
-    if (entra_json_parse_object(p, val, len, CACHE_VALUE_MAX, &claims, &why) != APR_SUCCESS) {
+    if (len < 2 || val[0] < '1' || val[0] > '9' ||
+        entra_json_parse_object(p, val + 1, len - 1, CACHE_VALUE_MAX, &claims, &why) !=
+            APR_SUCCESS) {
         set_fail(res, ENTRA_VERIFY_INVALID, "token cache entry unreadable");
         return;
     }
     if (v->l1)
-        entra_l1_put(v->l1, md, v->source, claims, cache_until(v, claims));
-    recheck(p, v, claims, now, res);
+        entra_l1_put(v->l1, md, v->source, claims, val[0] - '0', cache_until(v, claims));
+    recheck(p, v, claims, val[0] - '0', now, res);
 }
 
 void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *token,
@@ -112,9 +121,10 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
         return;
     }
     if (v->l1) {
-        json_t *claims = entra_l1_get(v->l1, p, md, v->source, now);
+        int alg = ENTRA_ALG_UNKNOWN;
+        json_t *claims = entra_l1_get(v->l1, p, md, v->source, now, &alg);
         if (claims) {
-            recheck(p, v, claims, now, res);
+            recheck(p, v, claims, alg, now, res);
             return;
         }
     }
@@ -172,11 +182,16 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
         }
         goto done;
     }
-    if (ckey && jwt->payload_len <= CACHE_VALUE_MAX)
-        v->cache->put(v->cache, ckey, jwt->payload, jwt->payload_len,
+    if (ckey && jwt->payload_len < CACHE_VALUE_MAX) {
+        char *entry = apr_palloc(p, jwt->payload_len + 1);
+        entry[0] = (char)('0' + (int)jwt->alg);
+        memcpy(entry + 1, jwt->payload, jwt->payload_len);
+        v->cache->put(v->cache, ckey, entry, jwt->payload_len + 1,
                       apr_time_from_sec(cache_until(v, jwt->claims)));
+    }
     if (v->l1)
-        entra_l1_put(v->l1, md, v->source, jwt->claims, cache_until(v, jwt->claims));
+        entra_l1_put(v->l1, md, v->source, jwt->claims, (int)jwt->alg,
+                     cache_until(v, jwt->claims));
 done:
     entra_snapshot_release(snap);
 }

@@ -80,7 +80,9 @@ entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d)
         v2 = apr_pstrcat(tmp, authority, d->tenant, "/v2.0/.well-known/openid-configuration", NULL);
         v1 = apr_pstrcat(tmp, authority, d->tenant, "/.well-known/openid-configuration", NULL);
     }
-    key = apr_psprintf(tmp, "%s|%s|%ld|%ld", v2, d->ca_file ? d->ca_file : "", refetch, refresh);
+    /* Entra rules or not is part of the identity: a metadata URL may equal a tenant's. */
+    key = apr_psprintf(tmp, "%c|%s|%s|%ld|%ld", d->metadata_url ? 'm' : 'e', v2,
+                       d->ca_file ? d->ca_file : "", refetch, refresh);
     apr_thread_mutex_lock(sources_mu);
     src = apr_hash_get(sources, key, APR_HASH_KEY_STRING);
     if (!src) {

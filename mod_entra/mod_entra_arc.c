@@ -56,10 +56,18 @@ static int read_key(const char *path, char *out, size_t *len, const char **why)
     }
     r = read(fd, out, KEY_MAX);
     close(fd);
+    while (r > 0 && (out[r - 1] == '\n' || out[r - 1] == '\r'))
+        r--;
     if (r <= 0) {
         *why = "cannot read the key file";
         return -1;
     }
+    for (n = 0; n < (size_t)r; n++)
+        if ((unsigned char)out[n] < 0x20 || out[n] == 0x7f) {
+            memset(out, 0, (size_t)r);
+            *why = "key file holds control characters";
+            return -1;
+        }
     *len = (size_t)r;
     return 0;
 }

@@ -142,15 +142,20 @@ static authz_status check_scope(request_rec *r, const char *line, const void *pa
 
 static authz_status check_app(request_rec *r, const char *line, const void *parsed)
 {
-    json_t *claims, *app;
+    json_t *claims, *app, *ver;
     authz_status s = claims_of(r, &claims);
     (void)line;
     if (s != AUTHZ_GRANTED)
         return s;
     /* v2 tokens name the caller in azp, v1 tokens in appid. */
-    app = json_object_get(claims, "azp");
-    if (!json_is_string(app))
+    ver = json_object_get(claims, "ver");
+    if (json_is_string(ver) && !strcmp(json_string_value(ver), "1.0"))
         app = json_object_get(claims, "appid");
+    else {
+        app = json_object_get(claims, "azp");
+        if (!json_is_string(app) && !json_is_string(ver))
+            app = json_object_get(claims, "appid");
+    }
     return json_is_string(app) && wanted(parsed, json_string_value(app), json_string_length(app))
                ? AUTHZ_GRANTED
                : AUTHZ_DENIED;
