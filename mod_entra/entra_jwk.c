@@ -6,6 +6,8 @@
 #include <openssl/err.h>
 #include <openssl/param_build.h>
 #include <openssl/rsa.h>
+#include <openssl/x509.h>
+#include <apr_base64.h>
 
 #include "entra_b64url.h"
 #include "entra_json.h"
@@ -199,6 +201,60 @@ static EVP_PKEY *ec_from_jwk(apr_pool_t *p, const json_t *jwk, int ci, const cha
     return pkey;
 }
 
+/* A JWK that publishes its key only as a certificate (x5c, standard base64 DER): the
+ * certificate's public key, when its type matches `kty`. The token header's x5c is never
+ * consulted; this is the issuer's own key set. */
+static EVP_PKEY *pkey_from_x5c(apr_pool_t *p, const json_t *jwk, int want_rsa, const char **why)
+{
+    json_t *x5c = json_object_get(jwk, "x5c");
+    const char *b64 = json_is_array(x5c) ? json_string_value(json_array_get(x5c, 0)) : NULL;
+    unsigned char *der;
+    const unsigned char *q;
+    X509 *cert;
+    EVP_PKEY *pk;
+    int len;
+
+    if (!b64 || strlen(b64) > 16384) {
+        *why = "no usable key material";
+        return NULL;
+    }
+    der = apr_palloc(p, (apr_size_t)apr_base64_decode_len(b64));
+    len = apr_base64_decode((char *)der, b64);
+    q = der;
+    cert = len > 0 ? d2i_X509(NULL, &q, len) : NULL;
+    pk = cert ? X509_get_pubkey(cert) : NULL;
+    X509_free(cert);
+    ERR_clear_error();
+    if (!pk || (EVP_PKEY_get_base_id(pk) == EVP_PKEY_RSA) != want_rsa ||
+        (want_rsa && EVP_PKEY_get_bits(pk) < ENTRA_MIN_RSA_BITS)) {
+        EVP_PKEY_free(pk);
+        *why = "x5c certificate without a usable key";
+        return NULL;
+    }
+    return pk;
+}
+
+/* Writes n and e of an RSA key (for keys that came as a certificate). */
+static int add_rsa_numbers(apr_pool_t *p, json_t *c, EVP_PKEY *pk)
+{
+    BIGNUM *n = NULL, *e = NULL;
+    unsigned char *nb, *eb;
+    int ok = 0;
+    if (EVP_PKEY_get_bn_param(pk, OSSL_PKEY_PARAM_RSA_N, &n) == 1 &&
+        EVP_PKEY_get_bn_param(pk, OSSL_PKEY_PARAM_RSA_E, &e) == 1) {
+        nb = apr_palloc(p, (apr_size_t)BN_num_bytes(n) + 1);
+        eb = apr_palloc(p, (apr_size_t)BN_num_bytes(e) + 1);
+        BN_bn2bin(n, nb);
+        BN_bn2bin(e, eb);
+        json_object_set_new(c, "n", json_string(entra_b64url_encode(p, nb, (apr_size_t)BN_num_bytes(n))));
+        json_object_set_new(c, "e", json_string(entra_b64url_encode(p, eb, (apr_size_t)BN_num_bytes(e))));
+        ok = 1;
+    }
+    BN_free(n);
+    BN_free(e);
+    return ok;
+}
+
 /* Copies the listed string members that are present. */
 static void copy_members(json_t *dst, const json_t *src, const char *const *names)
 {
@@ -248,7 +304,8 @@ apr_status_t entra_keyset_from_jwks(apr_pool_t *p, const json_t *jwks, const cha
             skip = "duplicate kid";
         else if (kty && strcmp(kty, "RSA") == 0) {
             key.is_rsa = 1;
-            key.pkey = rsa_from_jwk(p, jwk, &skip);
+            key.pkey = json_object_get(jwk, "n") ? rsa_from_jwk(p, jwk, &skip)
+                                                 : pkey_from_x5c(p, jwk, 1, &skip);
         }
         else if (kty && strcmp(kty, "EC") == 0) {
             ci = curve_index(entra_json_str(jwk, "crv"));
@@ -273,6 +330,10 @@ apr_status_t entra_keyset_from_jwks(apr_pool_t *p, const json_t *jwks, const cha
         *(entra_key *)apr_array_push(ks->keys) = key;
         c = json_object();
         copy_members(c, jwk, key.is_rsa ? rsa_members : ec_members);
+        if (key.is_rsa && !json_object_get(c, "n") && !add_rsa_numbers(p, c, key.pkey)) {
+            json_decref(c);
+            continue;
+        }
         json_array_append_new(compact_keys, c);
     }
     *out = ks;
