@@ -66,6 +66,7 @@ typedef struct entra_req_state {
     json_t *claims;      /* verified claims */
     const char *token_id;
     int forbidden;       /* a Require denied this authenticated caller */
+    int lua_failed;      /* a Lua rule failed: the request must not be served */
 } entra_req_state;
 
 extern const command_rec entra_cmds[];
@@ -94,6 +95,9 @@ entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d);
 
 /* This process's small cache of verified claims (NULL before child init). */
 entra_l1 *entra_process_l1(void);
+
+/* Sets WWW-Authenticate: Bearer realm=..., error=..., error_description=... */
+void entra_challenge(request_rec *r, const char *error, const char *desc);
 
 /* The request's verified state, or NULL. */
 entra_req_state *entra_req_state_get(request_rec *r);

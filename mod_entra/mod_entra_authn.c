@@ -49,7 +49,7 @@ static const char *quoted(apr_pool_t *p, const char *s)
     return q;
 }
 
-static void challenge(request_rec *r, const char *error, const char *desc)
+void entra_challenge(request_rec *r, const char *error, const char *desc)
 {
     const char *v = apr_psprintf(r->pool, "Bearer realm=\"%s\"", quoted(r->pool, realm(r)));
     if (error)
@@ -256,17 +256,17 @@ static int check_authn(request_rec *r)
     }
     switch (find_token(r, d, &tok, &len)) {
     case TOK_NONE:
-        challenge(r, NULL, NULL);
+        entra_challenge(r, NULL, NULL);
         return HTTP_UNAUTHORIZED;
     case TOK_MANY:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       "ENTRA0202: request rejected: more than one access token");
-        challenge(r, "invalid_request", "more than one access token in the request");
+        entra_challenge(r, "invalid_request", "more than one access token in the request");
         return HTTP_BAD_REQUEST;
     case TOK_MALFORMED:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       "ENTRA0203: request rejected: malformed Authorization header");
-        challenge(r, "invalid_request", "malformed Authorization header");
+        entra_challenge(r, "invalid_request", "malformed Authorization header");
         return HTTP_BAD_REQUEST;
     case TOK_ONE:
         break;
@@ -313,7 +313,7 @@ static int check_authn(request_rec *r)
                       "ENTRA0206: token rejected: %s (token id %s, app %s, oid %s%s)", res.why,
                       res.token_id, app, claim_or_dash(res.claims, "oid"),
                       res.cached ? ", cached" : "");
-        challenge(r, "invalid_token", res.why);
+        entra_challenge(r, "invalid_token", res.why);
         return HTTP_UNAUTHORIZED;
     }
 
@@ -340,10 +340,10 @@ static int note_auth_failure(request_rec *r, const char *auth_type)
     if (st && st->claims) {
         /* The token was fine; a Require denied it. RFC 6750 says 403 insufficient_scope. */
         st->forbidden = 1;
-        challenge(r, "insufficient_scope", "the token does not grant access to this resource");
+        entra_challenge(r, "insufficient_scope", "the token does not grant access to this resource");
     }
     else if (!apr_table_get(r->err_headers_out, "WWW-Authenticate")) {
-        challenge(r, NULL, NULL);
+        entra_challenge(r, NULL, NULL);
     }
     return OK;
 }

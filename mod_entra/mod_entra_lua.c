@@ -53,7 +53,6 @@ typedef struct lstate {
     long count, max_count;
     const char *aborted; /* why the running call was stopped, or NULL */
     request_rec *r;      /* the request being served, for print() */
-    int env_ref;
 } lstate;
 
 typedef struct {
@@ -67,6 +66,9 @@ static apr_thread_mutex_t *rules_init_mu;
 static const char *const ABORT_KEY = "entra-abort";
 static const char *const REQ_META = "entra.request";
 static const char *const CLAIMS_META = "entra.claims";
+static const char *const ENV_KEY = "entra.env";
+
+static int lua_next_wrapper(lua_State *L);
 
 /* ---------------------------------------------------------------- configuration */
 
@@ -428,12 +430,11 @@ static void make_meta(lua_State *L, const char *name, lua_CFunction index, lua_C
     lua_pop(L, 1);
 }
 
-/* A new state with the sandbox and the rules loaded and frozen; NULL after logging. */
-static lstate *state_new(request_rec *r, entra_lua_rules *rules)
+/* Opens the libraries, builds the sandbox and loads the rules; runs under lua_pcall so a
+ * memory error cannot escape. Leaves the frozen environment in the registry. */
+static int setup_state(lua_State *L)
 {
-    entra_srv_conf *sc = ap_get_module_config(ap_server_conf->module_config, &entra_module);
-    lstate *st = calloc(1, sizeof(*st));
-    lua_State *L;
+    entra_lua_rules *rules = lua_touserdata(L, 1);
     static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},
                                     {LUA_STRLIBNAME, luaopen_string},
                                     {LUA_TABLIBNAME, luaopen_table},
@@ -441,6 +442,42 @@ static lstate *state_new(request_rec *r, entra_lua_rules *rules)
                                     {LUA_UTF8LIBNAME, luaopen_utf8},
                                     {NULL, NULL}};
     const luaL_Reg *lib;
+
+    for (lib = libs; lib->func; lib++) {
+        luaL_requiref(L, lib->name, lib->func, 1);
+        lua_pop(L, 1);
+    }
+    make_meta(L, REQ_META, req_index, NULL);
+    make_meta(L, CLAIMS_META, claims_index, claims_gc);
+    if (luaL_loadbufferx(L, entra_lua_sandbox, sizeof(entra_lua_sandbox) - 1, "=sandbox", "t") !=
+        LUA_OK)
+        return lua_error(L);
+    lua_createtable(L, 0, 3);
+    lua_pushcfunction(L, l_aborted);
+    lua_setfield(L, -2, "aborted");
+    lua_pushcfunction(L, l_log);
+    lua_setfield(L, -2, "log");
+    lua_pushlightuserdata(L, (void *)ABORT_KEY);
+    lua_setfield(L, -2, "ABORT");
+    lua_call(L, 1, 1); /* -> loader */
+    lua_pushlstring(L, rules->source, rules->len);
+    lua_pushstring(L, rules->chunkname);
+    /* The rules file's top level runs under the same limits as any call. */
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    lua_call(L, 2, 2); /* -> env | nil, err */
+    if (lua_isnil(L, -2))
+        return lua_error(L);
+    lua_pop(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, ENV_KEY);
+    return 0;
+}
+
+/* A new state with the sandbox and the rules loaded and frozen; NULL after logging. */
+static lstate *state_new(request_rec *r, entra_lua_rules *rules)
+{
+    entra_srv_conf *sc = ap_get_module_config(ap_server_conf->module_config, &entra_module);
+    lstate *st = calloc(1, sizeof(*st));
+    lua_State *L;
 
     if (!st)
         return NULL;
@@ -453,48 +490,23 @@ static lstate *state_new(request_rec *r, entra_lua_rules *rules)
         free(st);
         return NULL;
     }
-    for (lib = libs; lib->func; lib++) {
-        luaL_requiref(L, lib->name, lib->func, 1);
-        lua_pop(L, 1);
-    }
-    make_meta(L, REQ_META, req_index, NULL);
-    make_meta(L, CLAIMS_META, claims_index, claims_gc);
     st->r = r;
     lua_pushcfunction(L, traceback);
-    if (luaL_loadbufferx(L, entra_lua_sandbox, sizeof(entra_lua_sandbox) - 1, "=sandbox", "t") !=
-        LUA_OK)
-        goto fail;
-    lua_createtable(L, 0, 3);
-    lua_pushcfunction(L, l_aborted);
-    lua_setfield(L, -2, "aborted");
-    lua_pushcfunction(L, l_log);
-    lua_setfield(L, -2, "log");
-    lua_pushlightuserdata(L, (void *)ABORT_KEY);
-    lua_setfield(L, -2, "ABORT");
-    if (lua_pcall(L, 1, 1, -3) != LUA_OK)
-        goto fail;
-    /* The rules file's top level runs under the same limits as any call. */
-    lua_pushlstring(L, rules->source, rules->len);
-    lua_pushstring(L, rules->chunkname);
-    st->count = 0;
-    lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
-    if (lua_pcall(L, 2, 2, -4) != LUA_OK || lua_isnil(L, -2)) {
-        if (lua_isnil(L, -2))
-            lua_remove(L, -2);
-        goto fail;
+    lua_pushcfunction(L, setup_state);
+    lua_pushlightuserdata(L, rules);
+    if (lua_pcall(L, 1, 0, 1) != LUA_OK || st->aborted) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "ENTRA0402: lua: cannot load %s: %s",
+                      rules->path,
+                      st->aborted                            ? st->aborted
+                      : lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                                             : "error");
+        lua_close(L);
+        free(st);
+        return NULL;
     }
-    lua_pop(L, 1);
-    st->env_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_settop(L, 0);
     st->r = NULL;
     return st;
-fail:
-    ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "ENTRA0402: lua: cannot load %s: %s", rules->path,
-                  st->aborted ? st->aborted
-                              : lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
-    lua_close(L);
-    free(st);
-    return NULL;
 }
 
 static void state_free(lstate *st)
@@ -564,68 +576,145 @@ static const char *parse_lua_require(cmd_parms *cmd, const char *line, const voi
     return NULL;
 }
 
-static int valid_header(const char *name, const char *value)
+/* Header names are tokens; values must not break the request (CR, LF, NUL). */
+static int valid_header(const char *name, size_t nlen, const char *value, size_t vlen)
 {
-    const char *c;
-    if (!*name || strlen(name) > 128 || !strcasecmp(name, "Host") ||
-        !strcasecmp(name, "Content-Length") || !strcasecmp(name, "Transfer-Encoding") ||
-        !strcasecmp(name, "Connection"))
+    size_t i;
+    if (!nlen || nlen > 128 || strlen(name) != nlen || strlen(value) != vlen || vlen > 8192 ||
+        !strcasecmp(name, "Host") || !strcasecmp(name, "Content-Length") ||
+        !strcasecmp(name, "Transfer-Encoding") || !strcasecmp(name, "Connection"))
         return 0;
-    for (c = name; *c; c++)
-        if (!apr_isalnum(*c) && *c != '-' && *c != '_')
+    for (i = 0; i < nlen; i++)
+        if (!apr_isalnum(name[i]) && name[i] != '-' && name[i] != '_')
             return 0;
-    for (c = value; *c; c++)
-        if (*c == '\r' || *c == '\n' || *c == '\0')
+    for (i = 0; i < vlen; i++)
+        if (value[i] == '\r' || value[i] == '\n')
             return 0;
-    return strlen(value) <= 8192;
+    return 1;
 }
 
-/* Reads `true[, {headers}]` or `false[, reason]`; anything else denies. */
-static authz_status take_result(request_rec *r, lstate *st, const lua_require *q, int base)
-{
-    lua_State *L = st->L;
-    int nres = lua_gettop(L) - base;
-    apr_table_t *set;
+/* One rule call, from setting up its arguments to reading its answer. */
+typedef struct {
+    request_rec *r;
+    const lua_require *q;
+    json_t *claims;
+    req_ud *ru;
+    int granted;
+    int failed;       /* the rule did not answer properly: never a grant */
+    const char *code; /* log message number of the failure */
+    const char *why;  /* deny reason or failure description */
+    apr_table_t *set; /* headers for the backend */
+    const char *rules_path;
+} rule_call;
 
-    if (nres < 1 || !lua_isboolean(L, base + 1)) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
-                      "ENTRA0403: lua: %s returned %s instead of a boolean: denied", q->function,
-                      nres < 1 ? "nothing" : luaL_typename(L, base + 1));
-        return AUTHZ_DENIED;
+static void bad_answer(rule_call *c, const char *code, const char *msg)
+{
+    c->failed = 1;
+    c->code = code;
+    c->why = msg;
+}
+
+/* Reads `true[, {headers}]` or `false[, reason]` starting at stack index `base`. */
+static void read_answer(lua_State *L, rule_call *c, int base)
+{
+    int nres = lua_gettop(L) - base + 1, n = 0;
+
+    if (nres < 1 || !lua_isboolean(L, base)) {
+        bad_answer(c, "0403", apr_psprintf(c->r->pool, "returned %s instead of a boolean",
+                                   nres < 1 ? "nothing" : luaL_typename(L, base)));
+        return;
     }
-    if (!lua_toboolean(L, base + 1)) {
-        const char *why = nres >= 2 && lua_type(L, base + 2) == LUA_TSTRING
-                              ? lua_tostring(L, base + 2)
-                              : "no reason given";
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "ENTRA0404: lua: %s denied: %.300s",
-                      q->function, why);
-        return AUTHZ_DENIED;
+    if (!lua_toboolean(L, base)) {
+        c->why = nres >= 2 && lua_type(L, base + 1) == LUA_TSTRING
+                     ? apr_pstrdup(c->r->pool, lua_tostring(L, base + 1))
+                     : "no reason given";
+        return;
     }
-    if (nres < 2 || lua_isnil(L, base + 2))
-        return AUTHZ_GRANTED;
-    if (!lua_istable(L, base + 2)) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
-                      "ENTRA0405: lua: %s allowed with a %s instead of a table of headers: denied",
-                      q->function, luaL_typename(L, base + 2));
-        return AUTHZ_DENIED;
-    }
-    /* Headers are applied only once all of them are known to be valid. */
-    set = apr_table_make(r->pool, 4);
-    lua_pushnil(L);
-    while (lua_next(L, base + 2)) {
-        if (lua_type(L, -2) != LUA_TSTRING ||
-            (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER) ||
-            !valid_header(lua_tostring(L, -2), lua_tostring(L, -1)) ||
-            apr_table_elts(set)->nelts >= MAX_SET_HEADERS) {
-            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
-                          "ENTRA0406: lua: %s asked for an invalid header: denied", q->function);
-            return AUTHZ_DENIED;
+    if (nres >= 2 && !lua_isnil(L, base + 1)) {
+        if (!lua_istable(L, base + 1)) {
+            bad_answer(c, "0405",
+                       apr_psprintf(c->r->pool, "allowed with a %s instead of a table of headers",
+                                       luaL_typename(L, base + 1)));
+            return;
         }
-        apr_table_set(set, lua_tostring(L, -2), lua_tostring(L, -1));
-        lua_pop(L, 1);
+        /* Iterate as pairs() does, so read-only tables from the rules file work too. */
+        if (luaL_getmetafield(L, base + 1, "__pairs") != LUA_TNIL) {
+            lua_pushvalue(L, base + 1);
+            lua_call(L, 1, 3);
+        }
+        else {
+            lua_pushcfunction(L, lua_next_wrapper);
+            lua_pushvalue(L, base + 1);
+            lua_pushnil(L);
+        }
+        for (;;) {
+            size_t nl, vl;
+            const char *name, *value;
+            lua_pushvalue(L, -3);
+            lua_pushvalue(L, -3);
+            lua_pushvalue(L, -3);
+            lua_call(L, 2, 2);
+            if (lua_isnil(L, -2)) {
+                lua_pop(L, 2);
+                break;
+            }
+            lua_remove(L, -3); /* the key becomes the new control value */
+            if (lua_type(L, -2) != LUA_TSTRING ||
+                (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)) {
+                bad_answer(c, "0406", "asked for an invalid header");
+                return;
+            }
+            lua_pushvalue(L, -2);
+            name = lua_tolstring(L, -1, &nl);
+            value = lua_tolstring(L, -2, &vl);
+            if (!valid_header(name, nl, value, vl) || ++n > MAX_SET_HEADERS) {
+                bad_answer(c, "0406", "asked for an invalid header");
+                return;
+            }
+            apr_table_set(c->set, name, value);
+            lua_pop(L, 2); /* name copy, value: the key stays as control */
+        }
     }
-    apr_table_overlap(r->headers_in, set, APR_OVERLAP_TABLES_SET);
-    return AUTHZ_GRANTED;
+    c->granted = 1;
+}
+
+static int lua_next_wrapper(lua_State *L)
+{
+    lua_settop(L, 2);
+    return lua_next(L, 1) ? 2 : (lua_pushnil(L), 1);
+}
+
+/* Runs under lua_pcall: builds the views, calls the rule, reads its answer. */
+static int run_rule(lua_State *L)
+{
+    rule_call *c = lua_touserdata(L, 1);
+    claims_ud *cu;
+    int i, base;
+
+    lua_settop(L, 0);
+    lua_getfield(L, LUA_REGISTRYINDEX, ENV_KEY);
+    lua_getfield(L, -1, c->q->function);
+    lua_remove(L, -2);
+    if (!lua_isfunction(L, -1)) {
+        bad_answer(c, "0408", apr_psprintf(c->r->pool, "is not a function in %s",
+                                           c->rules_path));
+        return 0;
+    }
+    c->ru = lua_newuserdatauv(L, sizeof(req_ud), 0);
+    c->ru->r = c->r;
+    c->ru->route = c->q->route;
+    luaL_setmetatable(L, REQ_META);
+    cu = lua_newuserdatauv(L, sizeof(*cu), 0);
+    cu->claims = NULL;
+    luaL_setmetatable(L, CLAIMS_META);
+    cu->claims = json_incref(c->claims);
+    for (i = 0; i < c->q->args->nelts; i++)
+        lua_pushstring(L, APR_ARRAY_IDX(c->q->args, i, const char *));
+    base = 1;
+    lua_call(L, 2 + c->q->args->nelts, LUA_MULTRET);
+    c->ru->r = NULL; /* a view saved by the rule cannot reach this request later */
+    read_answer(L, c, base);
+    return 0;
 }
 
 static authz_status check_lua(request_rec *r, const char *line, const void *parsed)
@@ -635,10 +724,8 @@ static authz_status check_lua(request_rec *r, const char *line, const void *pars
     entra_req_state *rs;
     lstate *st;
     lua_State *L;
-    req_ud *ru;
-    claims_ud *cu;
-    authz_status res = AUTHZ_DENIED;
-    int i, base, rc;
+    rule_call c;
+    int rc;
     (void)line;
 
     if (!r->user)
@@ -650,47 +737,44 @@ static authz_status check_lua(request_rec *r, const char *line, const void *pars
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                       "ENTRA0407: Require entra-lua %s without EntraLuaRules here: denied",
                       q->function);
+        rs->lua_failed = 1;
         return AUTHZ_DENIED;
     }
-    if (!(st = state_get(r, d->lua_rules)))
+    if (!(st = state_get(r, d->lua_rules))) {
+        rs->lua_failed = 1;
         return AUTHZ_DENIED;
+    }
+    memset(&c, 0, sizeof(c));
+    c.r = r;
+    c.q = q;
+    c.claims = rs->claims;
+    c.set = apr_table_make(r->pool, 4);
+    c.rules_path = d->lua_rules->path;
     L = st->L;
     st->r = r;
     st->count = 0;
     st->aborted = NULL;
+    lua_settop(L, 0);
     lua_pushcfunction(L, traceback);
-    base = lua_gettop(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, st->env_ref);
-    lua_getfield(L, -1, q->function);
-    lua_remove(L, -2);
-    if (!lua_isfunction(L, -1)) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
-                      "ENTRA0408: lua: %s is not a function in %s: denied", q->function,
-                      d->lua_rules->path);
-        lua_settop(L, 0);
-        st->r = NULL;
-        state_put(d->lua_rules, st);
-        return AUTHZ_DENIED;
-    }
-    ru = lua_newuserdatauv(L, sizeof(*ru), 0);
-    ru->r = r;
-    ru->route = q->route;
-    luaL_setmetatable(L, REQ_META);
-    cu = lua_newuserdatauv(L, sizeof(*cu), 0);
-    cu->claims = json_incref(rs->claims);
-    luaL_setmetatable(L, CLAIMS_META);
-    for (i = 0; i < q->args->nelts; i++)
-        lua_pushstring(L, APR_ARRAY_IDX(q->args, i, const char *));
-    rc = lua_pcall(L, 2 + q->args->nelts, LUA_MULTRET, base);
-    ru->r = NULL;
-    if (rc == LUA_OK && !st->aborted)
-        res = take_result(r, st, q, base);
-    else
+    lua_pushcfunction(L, run_rule);
+    lua_pushlightuserdata(L, &c);
+    rc = lua_pcall(L, 1, 0, 1);
+    if (c.ru)
+        c.ru->r = NULL;
+    if (rc != LUA_OK || st->aborted) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "ENTRA0409: lua: %s failed, denied: %s",
                       q->function,
-                      st->aborted ? st->aborted
+                      st->aborted                            ? st->aborted
                       : lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
-                                                        : "error");
+                                                             : "error");
+        c.failed = 1;
+    }
+    else if (c.failed)
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "ENTRA%s: lua: %s %s: denied", c.code,
+                      q->function, c.why);
+    else if (!c.granted)
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "ENTRA0404: lua: %s denied: %.300s",
+                      q->function, c.why);
     lua_settop(L, 0);
     st->r = NULL;
     /* A state that failed may be in any condition: start the next call afresh. */
@@ -698,7 +782,29 @@ static authz_status check_lua(request_rec *r, const char *line, const void *pars
         state_free(st);
     else
         state_put(d->lua_rules, st);
-    return res;
+    if (c.failed) {
+        rs->lua_failed = 1; /* see lua_guard: no composition may turn this into a grant */
+        return AUTHZ_DENIED;
+    }
+    if (c.granted) {
+        apr_table_overlap(r->headers_in, c.set, APR_OVERLAP_TABLES_SET);
+        return AUTHZ_GRANTED;
+    }
+    return AUTHZ_DENIED;
+}
+
+/* `Require not entra-lua f` or RequireAny could turn a failing rule into a grant; a rule
+ * that failed denies the request whatever the composition (fail closed). */
+static int lua_guard(request_rec *r)
+{
+    entra_req_state *rs = entra_req_state_get(r);
+    if (!rs || !rs->lua_failed)
+        return DECLINED;
+    ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                  "ENTRA0410: a Lua rule failed for this request: denied whatever the Require "
+                  "composition");
+    entra_challenge(r, "insufficient_scope", "the token does not grant access to this resource");
+    return HTTP_FORBIDDEN;
 }
 
 static const authz_provider lua_provider = {check_lua, parse_lua_require};
@@ -717,4 +823,5 @@ void entra_lua_register_providers(apr_pool_t *p)
     ap_hook_pre_config(lua_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, "entra-lua", AUTHZ_PROVIDER_VERSION,
                               &lua_provider, AP_AUTH_INTERNAL_PER_CONF);
+    ap_hook_fixups(lua_guard, NULL, NULL, APR_HOOK_REALLY_FIRST);
 }
