@@ -52,7 +52,8 @@ typedef struct lstate {
     size_t mem, mem_limit;
     long count, max_count;
     const char *aborted; /* why the running call was stopped, or NULL */
-    request_rec *r;      /* the request being served, for print() */
+    request_rec *r;      /* the request being served (NULL between calls) */
+    unsigned long call;  /* generation of the current call, for request views */
 } lstate;
 
 typedef struct {
@@ -208,10 +209,18 @@ static int l_log(lua_State *L)
 
 /* ---------------------------------------------------------------- request and claims views */
 
+/* A request view is valid only during the call that made it: a view a rule saved away
+ * carries an old generation and reaches nothing. */
 typedef struct {
-    request_rec *r; /* NULL once the call is over: a saved view cannot reach a dead request */
+    unsigned long call;
     const char *route;
 } req_ud;
+
+static request_rec *view_request(lua_State *L, const req_ud *u)
+{
+    lstate *st = state_of(L);
+    return st->r && u->call == st->call ? st->r : NULL;
+}
 
 typedef struct {
     json_t *claims;
@@ -219,10 +228,10 @@ typedef struct {
 
 static request_rec *check_req(lua_State *L)
 {
-    req_ud *u = luaL_checkudata(L, 1, REQ_META);
-    if (!u->r)
+    request_rec *r = view_request(L, luaL_checkudata(L, 1, REQ_META));
+    if (!r)
         luaL_error(L, "the request view is only valid during the rule call");
-    return u->r;
+    return r;
 }
 
 static int req_header(lua_State *L)
@@ -272,7 +281,7 @@ static int req_index(lua_State *L)
 {
     req_ud *u = luaL_checkudata(L, 1, REQ_META);
     const char *k = luaL_checkstring(L, 2);
-    request_rec *r = u->r;
+    request_rec *r = view_request(L, u);
     if (!strcmp(k, "header")) {
         lua_pushcfunction(L, req_header);
         return 1;
@@ -598,7 +607,6 @@ typedef struct {
     request_rec *r;
     const lua_require *q;
     json_t *claims;
-    req_ud *ru;
     int granted;
     int failed;       /* the rule did not answer properly: never a grant */
     const char *code; /* log message number of the failure */
@@ -689,6 +697,7 @@ static int run_rule(lua_State *L)
 {
     rule_call *c = lua_touserdata(L, 1);
     claims_ud *cu;
+    req_ud *ru;
     int i, base;
 
     lua_settop(L, 0);
@@ -700,9 +709,9 @@ static int run_rule(lua_State *L)
                                            c->rules_path));
         return 0;
     }
-    c->ru = lua_newuserdatauv(L, sizeof(req_ud), 0);
-    c->ru->r = c->r;
-    c->ru->route = c->q->route;
+    ru = lua_newuserdatauv(L, sizeof(req_ud), 0);
+    ru->call = state_of(L)->call;
+    ru->route = c->q->route;
     luaL_setmetatable(L, REQ_META);
     cu = lua_newuserdatauv(L, sizeof(*cu), 0);
     cu->claims = NULL;
@@ -712,7 +721,6 @@ static int run_rule(lua_State *L)
         lua_pushstring(L, APR_ARRAY_IDX(c->q->args, i, const char *));
     base = 1;
     lua_call(L, 2 + c->q->args->nelts, LUA_MULTRET);
-    c->ru->r = NULL; /* a view saved by the rule cannot reach this request later */
     read_answer(L, c, base);
     return 0;
 }
@@ -759,8 +767,6 @@ static authz_status check_lua(request_rec *r, const char *line, const void *pars
     lua_pushcfunction(L, run_rule);
     lua_pushlightuserdata(L, &c);
     rc = lua_pcall(L, 1, 0, 1);
-    if (c.ru)
-        c.ru->r = NULL;
     if (rc != LUA_OK || st->aborted) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "ENTRA0409: lua: %s failed, denied: %s",
                       q->function,
@@ -777,6 +783,7 @@ static authz_status check_lua(request_rec *r, const char *line, const void *pars
                       q->function, c.why);
     lua_settop(L, 0);
     st->r = NULL;
+    st->call++; /* views of this call are dead from now on */
     /* A state that failed may be in any condition: start the next call afresh. */
     if (rc != LUA_OK || st->aborted)
         state_free(st);
