@@ -1,3 +1,4 @@
+#include <pthread.h>
 #include <string.h>
 #include <apr_strings.h>
 #include <openssl/bn.h>
@@ -41,24 +42,50 @@ const char *entra_alg_name(entra_alg alg)
     return "unknown";
 }
 
+/* Digests fetched once per process: OpenSSL 3's implicit fetch on every verification
+ * costs a lookup under a lock. */
+static EVP_MD *md_fetched[3];
+static pthread_once_t md_once = PTHREAD_ONCE_INIT;
+
+static void fetch_mds(void)
+{
+    md_fetched[0] = EVP_MD_fetch(NULL, "SHA256", NULL);
+    md_fetched[1] = EVP_MD_fetch(NULL, "SHA384", NULL);
+    md_fetched[2] = EVP_MD_fetch(NULL, "SHA512", NULL);
+}
+
+const EVP_MD *entra_md_sha256(void)
+{
+    pthread_once(&md_once, fetch_mds);
+    return md_fetched[0] ? md_fetched[0] : EVP_sha256();
+}
+
 static const EVP_MD *alg_md(entra_alg alg)
 {
+    int i;
     switch (alg) {
     case ENTRA_ALG_RS256:
     case ENTRA_ALG_PS256:
     case ENTRA_ALG_ES256:
-        return EVP_sha256();
+        i = 0;
+        break;
     case ENTRA_ALG_RS384:
     case ENTRA_ALG_PS384:
     case ENTRA_ALG_ES384:
-        return EVP_sha384();
+        i = 1;
+        break;
     case ENTRA_ALG_RS512:
     case ENTRA_ALG_PS512:
     case ENTRA_ALG_ES512:
-        return EVP_sha512();
+        i = 2;
+        break;
     default:
         return NULL;
     }
+    pthread_once(&md_once, fetch_mds);
+    if (md_fetched[i])
+        return md_fetched[i];
+    return i == 0 ? EVP_sha256() : i == 1 ? EVP_sha384() : EVP_sha512();
 }
 
 /* Curve name and coordinate size in bytes. */

@@ -52,6 +52,9 @@ const entra_key *entra_keyset_find(const entra_keyset *ks, const char *kid);
 /* True when `alg` may be used with this key (RSA for RS and PS, the matching curve for ES). */
 int entra_alg_fits_key(entra_alg alg, const entra_key *key);
 
+/* SHA-256, fetched once per process (cheaper than SHA256() on every call). */
+const EVP_MD *entra_md_sha256(void);
+
 /* Verifies a JWS signature over `input`; APR_SUCCESS only for a valid signature. */
 apr_status_t entra_sig_verify(entra_alg alg, const entra_key *key, const unsigned char *input,
                               apr_size_t input_len, const unsigned char *sig, apr_size_t sig_len);

@@ -1,7 +1,9 @@
 #include <string.h>
 #include <apr_strings.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 
+#include "entra_b64url.h"
 #include "entra_json.h"
 #include "entra_jwt.h"
 #include "entra_log.h"
@@ -11,18 +13,6 @@
 #define NEGATIVE_TTL 600             /* seconds a bad signature stays remembered */
 
 static const char hexd[] = "0123456789abcdef";
-
-static int token_charset_ok(const char *t, apr_size_t len)
-{
-    apr_size_t i;
-    for (i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)t[i];
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_' || c == '.'))
-            return 0;
-    }
-    return 1;
-}
 
 /* Cached claims live until the token expires (plus the skew the policy allows). */
 static apr_int64_t cache_until(const entra_verifier *v, json_t *claims)
@@ -109,15 +99,22 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
         set_fail(res, ENTRA_VERIFY_INVALID, "token too large");
         return;
     }
-    SHA256((const unsigned char *)token, len, md);
+    if (!EVP_Digest(token, len, md, NULL, entra_md_sha256(), NULL)) {
+        set_fail(res, ENTRA_VERIFY_INVALID, "cannot hash the token");
+        return;
+    }
     for (i = 0; i < SHA256_DIGEST_LENGTH; i++) {
         hex[2 * i] = hexd[md[i] >> 4];
         hex[2 * i + 1] = hexd[md[i] & 15];
     }
     hex[sizeof(hex) - 1] = '\0';
     res->token_id = apr_pstrndup(p, hex, 12);
-    if (!token_charset_ok(token, len)) {
-        set_fail(res, ENTRA_VERIFY_INVALID, "token is not strict base64url");
+    /* Malformed input is refused before any cache or crypto work. */
+    if (!entra_b64url_jws_shape(token, len)) {
+        /* The parser names the problem precisely (segments, alphabet). */
+        why = NULL;
+        entra_jwt_parse(p, token, len, v->policy.alg_mask, &jwt, &why);
+        set_fail(res, ENTRA_VERIFY_INVALID, why ? why : "token is not strict base64url");
         return;
     }
     if (v->l1) {
