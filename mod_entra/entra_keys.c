@@ -258,7 +258,15 @@ static apr_status_t fetch_single_flight(entra_source *src, apr_pool_t *p, int wi
         *why = apr_pstrcat(p, "recent fetch failed: ", v, NULL);
         return APR_EAGAIN;
     }
+    apr_thread_mutex_lock(src->mu);
+    before = src->cur ? src->cur->version : 0;
+    apr_thread_mutex_unlock(src->mu);
     if (src->store->add(src->store, lease, "1", 1, now + bound) == APR_SUCCESS) {
+        /* Another process may have stored keys between our look and our lease. */
+        if (sync_from_store(src, p) != before) {
+            src->store->remove(src->store, lease);
+            return APR_SUCCESS;
+        }
         rv = fetch_now(src, p, with_v1, why);
         if (rv != APR_SUCCESS) {
             /* Back off: 5 s doubling to 60 s while failures continue. */

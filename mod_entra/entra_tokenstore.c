@@ -245,13 +245,28 @@ static apr_status_t fetch_single_flight(entra_tokensrc *ts, apr_pool_t *p, long 
     apr_size_t len;
 
     *retry_after = 1;
+    apr_thread_mutex_lock(ts->mu);
+    v0 = ts->version;
+    apr_thread_mutex_unlock(ts->mu);
     if (ts->store->add(ts->store, lease, "1", 1, deadline + apr_time_from_sec(5)) == APR_SUCCESS) {
         entra_token tok;
         entra_fetch_result fr;
-        int retries;
-        apr_status_t rv = fetch_with_retries(ts, p, deadline, &tok, &fr, &retries);
-        apr_int64_t now = now_sec();
+        int retries, newer;
+        apr_status_t rv;
+        apr_int64_t now;
         const char *src = entra_cred_kind_name(ts->cred->kind);
+
+        /* Another process may have stored a token between our look and our lease. */
+        sync_from_store(ts, p);
+        apr_thread_mutex_lock(ts->mu);
+        newer = ts->version != v0;
+        apr_thread_mutex_unlock(ts->mu);
+        if (newer) {
+            ts->store->remove(ts->store, lease);
+            return APR_SUCCESS;
+        }
+        rv = fetch_with_retries(ts, p, deadline, &tok, &fr, &retries);
+        now = now_sec();
 
         if (rv == APR_SUCCESS) {
             json_t *rec = json_pack("{s:s, s:I, s:I, s:I, s:I}", "t", tok.access_token, "exp",
@@ -295,9 +310,6 @@ static apr_status_t fetch_single_flight(entra_tokensrc *ts, apr_pool_t *p, long 
         return rv;
     }
     /* Another thread or process is fetching: wait for its record or its failure. */
-    apr_thread_mutex_lock(ts->mu);
-    v0 = ts->version;
-    apr_thread_mutex_unlock(ts->mu);
     while (apr_time_now() < deadline) {
         apr_sleep(WAIT_STEP);
         sync_from_store(ts, p);

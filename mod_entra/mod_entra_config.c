@@ -347,16 +347,44 @@ const command_rec entra_cmds[] = {
                   "Directory of Azure Arc challenge key files (default /var/opt/azcmagent/tokens)"),
     {NULL}};
 
+static server_rec *check_main;
+
+static server_rec *main_server_of(server_rec *s)
+{
+    return check_main ? check_main : s;
+}
+
 /* Reports a section's problem; returns !OK so startup (and apachectl -t) fails. */
+static int section_error_n(server_rec *s, const char *num, const char *where, const char *msg)
+{
+    ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_CRIT, 0, s, "ENTRA%s: %s: %s", num, where, msg);
+    return !OK;
+}
+
 static int section_error(server_rec *s, const char *where, const char *msg)
 {
-    ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_CRIT, 0, s,
-                 "ENTRA0001: %s: %s", where, msg);
-    return !OK;
+    return section_error_n(s, "0001", where, msg);
 }
 
 static int check_one(server_rec *s, const char *where, const entra_dir_conf *d)
 {
+    if (d->proxy_token) {
+        entra_srv_conf *sc = ap_get_module_config(main_server_of(s)->module_config, &entra_module);
+        const entra_proxy_token *pt = d->proxy_token;
+        if (pt->identity && !apr_hash_get(sc->identities, pt->identity, APR_HASH_KEY_STRING))
+            return section_error_n(s, "0009", where,
+                                 apr_psprintf(s->process->pool,
+                                              "EntraProxyToken %s: no EntraIdentity named '%s'",
+                                              pt->resource, pt->identity));
+        if (!pt->identity && apr_hash_count(sc->identities) != 1)
+            return section_error_n(s, "0009", where,
+                                 apr_psprintf(s->process->pool,
+                                              "EntraProxyToken %s: %s: name the identity with identity=<name>",
+                                              pt->resource,
+                                              apr_hash_count(sc->identities)
+                                                  ? "several EntraIdentity are defined"
+                                                  : "no EntraIdentity is defined"));
+    }
     if (d->auth_entra != 1)
         return OK;
     if (!d->tenant && !d->metadata_url)
@@ -381,6 +409,7 @@ int entra_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, s
 {
     (void)pconf;
     (void)plog;
+    check_main = s; /* the first server_rec is the main server, where identities live */
     for (; s; s = s->next) {
         core_server_config *sc = ap_get_core_module_config(s->module_config);
         apr_array_header_t *secs[2] = {sc->sec_url, sc->sec_dir};
