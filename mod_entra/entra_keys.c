@@ -168,9 +168,57 @@ static apr_status_t fetch_doc_keys(entra_source *src, apr_pool_t *p, const char 
     return APR_SUCCESS;
 }
 
+/* Adds what the v1 document knows (its issuer, keys only it lists) to the stored record,
+ * leaving the v2 keys as fetched: the upkeep's follow-up to a cold v2-only fetch. */
+static apr_status_t fetch_v1_part(entra_source *src, apr_pool_t *p, const char **why)
+{
+    char *old, *text;
+    apr_size_t olen;
+    json_t *rec, *keys, *k;
+    const char *iss1, *uri1, *why1;
+    entra_keyset *ks1;
+    apr_int64_t fetched;
+    size_t i;
+    int j;
+
+    if (src->store->get(src->store, skey(p, src, "rec"), p, RECORD_MAX, &old, &olen) !=
+            APR_SUCCESS ||
+        entra_json_parse_object(p, old, olen, RECORD_MAX, &rec, why) != APR_SUCCESS ||
+        !json_is_array(keys = json_object_get(rec, "keys")))
+        return APR_EGENERAL;
+    if (fetch_doc_keys(src, p, src->meta_v1, &iss1, &uri1, &ks1, &why1) == APR_SUCCESS) {
+        for (j = 0; j < ks1->keys->nelts; j++) {
+            const char *kid = APR_ARRAY_IDX(ks1->keys, j, entra_key).kid;
+            int present = 0;
+            json_array_foreach(keys, i, k)
+            {
+                if (entra_json_str(k, "kid") && !strcmp(entra_json_str(k, "kid"), kid))
+                    present = 1;
+            }
+            if (!present)
+                json_array_append(keys,
+                                  json_array_get(json_object_get(ks1->compact, "keys"), (size_t)j));
+        }
+        json_object_set_new(rec, "iss1", json_string(iss1));
+    }
+    else
+        entra_log(ENTRA_LOG_INFO, "ENTRA0103: v1 keys unavailable (v2 keys serve v1 tokens): %s",
+                  why1);
+    json_object_set_new(rec, "v1try", json_true());
+    json_object_set_new(rec, "v", json_integer((json_int_t)apr_time_now()));
+    fetched = (apr_int64_t)json_integer_value(json_object_get(rec, "fetched"));
+    text = entra_json_dump(p, rec);
+    if (!text || strlen(text) > RECORD_MAX) {
+        *why = "key record too large for the cache";
+        return APR_EGENERAL;
+    }
+    return src->store->put(src->store, skey(p, src, "rec"), text, strlen(text),
+                           apr_time_from_sec(fetched + src->max_stale));
+}
+
 /* One fetch; on success the new record is in the store. Requests only wait for the v2
- * document and keys (which verify v1 tokens too); `with_v1` adds the v1 document, as the
- * background upkeep does. */
+ * document and keys (which verify v1 tokens too); `with_v1` 1 adds the v1 document (a full
+ * refresh), 2 fetches only the v1 part and merges it (see fetch_v1_part). */
 static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, int with_v1, const char **why)
 {
     const char *iss2, *uri2, *iss1 = NULL, *uri1, *why1;
@@ -182,6 +230,8 @@ static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, int with_v1, con
     int i;
     apr_status_t rv;
 
+    if (with_v1 == 2)
+        return fetch_v1_part(src, p, why);
     if ((rv = fetch_doc_keys(src, p, src->meta_v2, &iss2, &uri2, &ks2, why)) != APR_SUCCESS)
         return rv;
     rec = entra_json_pool_own(p, json_deep_copy(ks2->compact));
@@ -396,8 +446,10 @@ void entra_source_maintain(entra_source *src, apr_pool_t *p)
     /* While failures back off, the failing attempt has been logged already. */
     if ((!snap || now - snap->fetched >= src->refresh_interval || !snap->v1_tried) &&
         src->store->get(src->store, skey(p, src, "fail"), p, 256, &v, &len) != APR_SUCCESS) {
-        /* Cold: v2 first, so requests waiting on this fetch get keys soonest. */
-        if (fetch_single_flight(src, p, snap != NULL, &why) == APR_SUCCESS)
+        /* Cold: v2 first, so requests waiting on this fetch get keys soonest; then only the
+         * v1 part, unless a full refresh is due anyway. */
+        int mode = !snap ? 0 : now - snap->fetched >= src->refresh_interval ? 1 : 2;
+        if (fetch_single_flight(src, p, mode, &why) == APR_SUCCESS)
             sync_from_store(src, p);
         else if (snap)
             entra_log(ENTRA_LOG_WARN,

@@ -638,7 +638,8 @@ static void read_answer(lua_State *L, rule_call *c, int base)
                      : "no reason given";
         return;
     }
-    if (nres >= 2 && !lua_isnil(L, base + 1)) {
+    /* `return cond, "reason"` is the common idiom: a string only matters on denial. */
+    if (nres >= 2 && !lua_isnil(L, base + 1) && lua_type(L, base + 1) != LUA_TSTRING) {
         if (!lua_istable(L, base + 1)) {
             bad_answer(c, "0405",
                        apr_psprintf(c->r->pool, "allowed with a %s instead of a table of headers",

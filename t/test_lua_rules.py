@@ -132,6 +132,7 @@ MAIN_LOCATIONS = [
     ("/lglobalhdr", "Require entra-lua global_headers", RULES),
     ("/lhcase", "Require entra-lua header_case", RULES),
     ("/lnottable", "Require entra-lua headers_not_a_table", RULES),
+    ("/lidiom", "Require entra-lua idiom", RULES),
     ("/orders", "Require entra-lua orders", SHIPPED),
     ("/customer", "Require entra-lua with_customer", SHIPPED),
     ("/adminother", f"Require entra-lua admin_weekdays {et.OTHER_TENANT}", SHIPPED),
@@ -421,7 +422,16 @@ def test_invalid_headers_deny(lstack, case):
 
 def test_headers_not_a_table_deny(lstack):
     denied_and_logged(lstack, "/lnottable/echo", lstack.token(),
-                      r"ENTRA0405: lua: headers_not_a_table allowed with a string instead of a table of headers")
+                      r"ENTRA0405: lua: headers_not_a_table allowed with a number instead of a table of headers")
+
+
+def test_condition_and_reason_idiom(lstack):
+    """`return cond, "reason"`: the reason only matters when cond is false."""
+    r = request(lstack, "GET", "/lidiom/echo", lstack.token())
+    assert r.status_code == 200, (r.status_code, r.text[:200])
+    r = request(lstack, "GET", "/lidiom/echo", lstack.token(roles=["Other"]))
+    assert r.status_code == 403, r.status_code
+    assert "ENTRA0404: lua: idiom denied: needs Orders.Read" in lstack.httpd.error_log_text()
 
 
 def test_headers_from_a_global_table_reach_the_backend(lstack):

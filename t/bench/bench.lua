@@ -9,6 +9,9 @@
 --        header suffix (b64), ".claims.signature"
 -- badsig one valid token                 the token with a new random signature prefix
 --
+-- The Lua-rule and proxied cases use fixed (the proxies forward their own token, not this
+-- one); the cold burst of proxy-cold is sent by bench.py itself, not by wrk.
+--
 -- Every mode builds its request the same way (one string concatenation), so the client's
 -- cost per request is the same in every case. done() prints "BENCH <key> <value>" lines:
 -- totals, latency percentiles (microseconds) and the count of each response status.

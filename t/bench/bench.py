@@ -1,6 +1,11 @@
 #!/usr/bin/python3
 """Throughput, latency and memory of mod_entra against a no-auth floor and two peers.
 
+Also its two other jobs, each against its own floor: attaching a managed-identity token to
+proxied requests (EntraProxyToken, against the same proxy with a static Authorization header,
+and a burst of cold concurrent requests) and Lua authorization rules (against the equivalent
+Require entra-role).
+
 Run from the repository root after `make`:
 
   /usr/bin/python3 t/bench/bench.py            full run: ~10 s per case, under 5 minutes
@@ -8,7 +13,8 @@ Run from the repository root after `make`:
 
 Options: --duration S (10; smoke 2), --warmup S (1), --connections N (16),
 --threads-per-child N (20), --cases a,b,... (a subset, by the names in the first column; the
-floor always runs), --no-second-run, --enable-mmap, --json FILE (results as JSON), --keep
+floor always runs, and so does a case's own floor: proxy-floor for proxy-entra, entra-role
+for lua-rule), --no-second-run, --enable-mmap, --json FILE (results as JSON), --keep
 (keep the temporary directory), --module PATH (default mod_entra/.libs/mod_entra.so, or
 $ENTRA_MODULE). Exit status 1 when a case failed (a server that could not be started or
 pre-checked, or an unexpected response status); a missed target is reported, not an error.
@@ -22,13 +28,15 @@ throwaway CA (t/lib/tls_certs.py) because mod_auth_openidc refuses a plain-http 
 one that only the unknown-kid case's server talks to, so that its fetch counts are that
 server's alone.
 
-The module is copied into that directory first and every case loads the copy, so a rebuild
-of the tree during the run cannot mix two builds; the header names its digest, build time
-and the tree's commit. Every case gets its own freshly started apache2 (Debian's
-/usr/sbin/apache2) with the same settings: mpm_event, StartServers 1, ServerLimit 1 (one
-child), ThreadsPerChild 20, KeepAlive with unlimited requests, no access log, LogLevel warn
+The module is copied into that directory first and every case loads the copy, so a rebuild of
+the tree during the run cannot mix two builds; the header names its digest, build time and
+the tree's commit. Every case gets its own freshly started apache2 (Debian's
+/usr/sbin/apache2; lua-rule shares entra-role's) with the same settings (but proxy-cold and
+the proxies' backend, below): mpm_event, StartServers 1, ServerLimit 1 (one child),
+ThreadsPerChild 20, KeepAlive with unlimited requests, no access log, LogLevel warn
 (mod_entra logs rejections at info: not measured here), EnableMMAP Off. Every case requests
-the same small static file, /orders/42.json, protected (or not) by a <Location /orders/>.
+the same small static file, /orders/42.json, protected (or not, or proxied) by a <Location
+/orders/> (the Lua pair: copies at /role/orders/ and /lua/orders/).
 
 Why these two settings. ThreadsPerChild exceeds the connection count: when every worker of
 mpm_event is busy it closes idle keep-alive connections, and the run would measure
@@ -63,6 +71,44 @@ Cases
                  (after the server has its keys) and read after it
   floor-again    the floor once more at the end (both floors make the ratios' denominator)
 
+Lua rules (after entra-cached), one server with two routes that differ only in their Require
+line, serving the same file at paths of the same depth; the same valid token (cached) on both:
+  entra-role     <Location /role/orders/>: Require entra-role Orders.Read, as entra-cached
+  lua-rule       <Location /lua/orders/>: EntraLuaRules t/bench/rules.lua (a copy in the run's
+                 directory) and Require entra-lua orders: what a typical rule does (GET needs
+                 Orders.Read, anything else Orders.Write). Measured right after entra-role on
+                 the same server and child; its own floor is entra-role
+The pre-check asks both routes for the token matrix below (the "no role" token, which has
+Orders.Write only, must be refused on both: on the Lua route, by the rule).
+
+Outbound (before entra-unknown-kid). A fake managed-identity endpoint (IMDS of
+t/fakes/fake_identity.py) and a loopback backend: an httpd like the floor's (2 children of
+256 threads, for the burst) serving the same file, which echoes the Authorization it received
+in a response header only when the request asks for it (X-Bench-Echo, sent by the pre-checks
+and the burst, never by wrk). Both front servers load mod_proxy, mod_proxy_http and
+mod_headers and forward <Location /orders/> with ProxyPass to the backend's /orders/
+(connections to it kept alive); wrk sends the valid token as everywhere, which neither
+forwards:
+  proxy-floor    RequestHeader set Authorization "Bearer <static token>": a token the fake
+                 issued for the same resource at start, so both forward the same bytes; no
+                 mod_entra in this server
+  proxy-entra    EntraIdentity mi managed source=imds endpoint=<the fake's IMDS URL> and
+                 EntraProxyToken api://bench-api identity=mi: the token is fetched at start
+                 and cached; its own floor is proxy-floor; IMDS token requests during the
+                 measured run are counted (a note if any)
+  proxy-cold     a fresh server like proxy-entra but with 4 children of 128 threads
+                 (StartServers = ServerLimit 4) and EntraTokenTimeout 30. The fake holds its
+                 first IMDS request (slow:8: the children's start-up warm-up) while 500 threads
+                 each open a connection, meet at a barrier and send one request together; once
+                 all are sent the fake is released. Reported: statuses, latency from sending
+                 (it includes the held fetch: not comparable with wrk's), how many children
+                 served them (an access log with %P, on this server only), the tokens the
+                 backend got, and the fake's IMDS token request count: the goal is exactly 1
+                 per (identity, resource)
+The pre-checks of proxy-floor and proxy-entra send a request with and without a client token:
+both must get 200 and the file, and the backend must receive Authorization: Bearer <a JWT the
+fake issued for api://bench-api, signature verified with its JWKS>, never the client's token.
+
 "Fresh" tokens are pre-minted and every request of a run takes a token no request of that
 case has used before (each run gets a new slice of the pool; the pool is topped up from the
 rate seen in the warm-up, with a margin). If a run outruns its slice it wraps, and a note
@@ -72,17 +118,18 @@ slow part (~0.3 ms per token per core, 2 processes): each algorithm's pool may t
 with a note. The random-kid and fresh bad-signature tokens are generated inside wrk on every
 request (bench.lua); the pre-check sends one built the same way.
 
-Checks before measuring: every server is first asked, with Python requests, for a matrix of
-tokens (valid RS256, valid ES256 for mod_entra only, garbage, bad signature, expired, wrong
-audience, wrong issuer, no role, no token): the valid token must get 200 and every bad one
-must not, and the case's own token must get the status the case expects (garbage, bad
-signature and expired must be exactly 401). A server that fails this is not measured (a
-benchmark of a misconfigured peer is worthless); the case is reported FAIL and the script
-exits 1. During the run every response status is counted; any status other than the expected
-one fails the case too (so does a warm-up status). A peer whose Debian package is not
-installed is reported "skipped: <package> not installed". Notes also report wrk socket
-errors, a server error log that grew during the run, and key fetches the fake saw during a
-measured run.
+Checks before measuring: every server (but the proxies: see Outbound above) is first asked,
+with Python requests, for a matrix of tokens (valid RS256, valid ES256 for mod_entra only,
+garbage, bad signature, expired, wrong audience, wrong issuer, no role, no token): the valid
+token must get 200 and every bad one must not, and the case's own token must get the status
+the case expects (garbage, bad signature and expired must be exactly 401). A server that
+fails this is not measured (a benchmark of a misconfigured peer is worthless); the case is
+reported FAIL and the script exits 1. During the run every response status is counted; any
+status other than the expected one fails the case too (so does a warm-up status). A peer
+whose Debian package is not installed is reported "skipped: <package> not installed". The
+cold burst fails on any status other than 200, a 200 without the file, or a forwarded token
+that does not verify. Notes also report wrk socket errors, a server error log that grew
+during the run, and key fetches (or IMDS token requests) a fake saw during a measured run.
 
 Columns
 -------
@@ -94,13 +141,21 @@ Columns
              memory section also shows RssAnon (private heap), which is where a leak shows.
   ratio      req/s / the floor's req/s: the mean of the two floor runs (first and last
              case), so that a drift of the machine during the run hits every case alike
-  target     the goal of the issue for that case; "ok" or "MISS" against it. For the
-             unknown-kid flood: JWKS fetches per JWKS URI (Entra has a v2 and a v1 key set
-             URI; one key refresh of mod_entra fetches both) at most 1 per 60 s
+  own ratio  for a case with its own floor: req/s / that case's req/s, measured just before
+             it (proxy-entra of proxy-floor, lua-rule of entra-role)
+  target     the goal of the issue for that case, against its own ratio if it has one, else
+             against ratio; "ok" or "MISS" against it. For the unknown-kid flood: JWKS
+             fetches per JWKS URI (Entra has a v2 and a v1 key set URI; one key refresh of
+             mod_entra fetches both) at most 1 per 60 s. For proxy-cold: IMDS token requests
+             during the burst, exactly 1
+  proxy-cold has no req/s (a burst, not a rate), its p50/p99 are the burst's and its RSS is
+  its largest child's.
 
 Memory: the cached and fresh-RS256 cases are run a second time on the same server (fresh
 tokens again for the latter); the memory table shows the child's RSS after the warm-up and
-after each run, and each child's RSS against the floor child's.
+after each run, and each child's RSS against the floor child's. lua-rule's child is
+entra-role's, after both ran; proxy-cold shows its largest child after the burst (its
+children have 128 threads, not 20), and the burst's summary line lists all four.
 
 Unknown kid: its server is started before every other case, so that by its turn its
 start-up key fetch is more than EntraKeyRefetchInterval (60 s) old (a full run waits out
@@ -120,10 +175,12 @@ floor-again row shows how much).
 """
 
 import argparse
+import collections
 import concurrent.futures
 import ctypes
 import datetime
 import hashlib
+import http.client
 import json
 import math
 import multiprocessing
@@ -137,6 +194,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import requests
@@ -145,12 +203,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "t", "lib"))
 import entra_tokens as et  # noqa: E402
+import identity_client  # noqa: E402
 import tls_certs  # noqa: E402
 
 APACHE = "/usr/sbin/apache2"
 MODDIR = "/usr/lib/apache2/modules"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 LUA = os.path.join(HERE, "bench.lua")
+RULES = os.path.join(HERE, "rules.lua")
 FAKE = os.path.join(ROOT, "t", "fakes", "fake_entra.py")
 DEFAULT_MODULE = os.environ.get("ENTRA_MODULE") or os.path.join(ROOT, "mod_entra", ".libs", "mod_entra.so")
 
@@ -166,21 +226,31 @@ PEERS = {
     "oauth2": ("libapache2-mod-oauth2", "oauth2_module", f"{MODDIR}/mod_oauth2.so"),
 }
 
-# name, server kind, token kind, expected status, target ratio (None: no ratio goal), label
+# name, server kind, token kind, expected status, target ratio (None: no ratio goal), own floor
+# (the case the target ratio divides by; None: the mean of the two no-auth floor runs), label
 CASES = [
-    ("floor", "floor", "valid", 200, None, "no auth (floor)"),
-    ("openidc", "openidc", "valid", 200, None, "mod_auth_openidc, same RS256 token"),
-    ("oauth2", "oauth2", "valid", 200, None, "mod_oauth2, same RS256 token"),
-    ("entra-cached", "entra", "valid", 200, 0.95, "mod_entra, same RS256 token (cached)"),
-    ("entra-rs256", "entra", "pool:RS256", 200, 0.85, "mod_entra, fresh RS256 token each request"),
-    ("entra-es256", "entra", "pool:ES256", 200, 0.70, "mod_entra, fresh ES256 token each request"),
-    ("entra-garbage", "entra", "garbage", 401, 0.90, "mod_entra, garbage token"),
-    ("entra-badsig", "entra", "badsig", 401, 0.90, "mod_entra, bad signature, same token"),
-    ("entra-badsig-fresh", "entra", "badsig-fresh", 401, 0.90, "mod_entra, new bad signature each request"),
-    ("entra-expired", "entra", "expired", 401, 0.90, "mod_entra, expired token"),
-    ("entra-unknown-kid", "entra", "randkid", 401, None, "mod_entra, random unknown kid each request"),
-    ("floor-again", "floor", "valid", 200, None, "no auth (floor), repeated at the end"),
+    ("floor", "floor", "valid", 200, None, None, "no auth (floor)"),
+    ("openidc", "openidc", "valid", 200, None, None, "mod_auth_openidc, same RS256 token"),
+    ("oauth2", "oauth2", "valid", 200, None, None, "mod_oauth2, same RS256 token"),
+    ("entra-cached", "entra", "valid", 200, 0.95, None, "mod_entra, same RS256 token (cached)"),
+    ("entra-role", "entra-lua", "valid", 200, None, None, "mod_entra, Require entra-role, same token (cached)"),
+    ("lua-rule", "entra-lua", "valid", 200, 0.95, "entra-role", "mod_entra, Require entra-lua, same token"),
+    ("entra-rs256", "entra", "pool:RS256", 200, 0.85, None, "mod_entra, fresh RS256 token each request"),
+    ("entra-es256", "entra", "pool:ES256", 200, 0.70, None, "mod_entra, fresh ES256 token each request"),
+    ("entra-garbage", "entra", "garbage", 401, 0.90, None, "mod_entra, garbage token"),
+    ("entra-badsig", "entra", "badsig", 401, 0.90, None, "mod_entra, bad signature, same token"),
+    ("entra-badsig-fresh", "entra", "badsig-fresh", 401, 0.90, None, "mod_entra, new bad signature each request"),
+    ("entra-expired", "entra", "expired", 401, 0.90, None, "mod_entra, expired token"),
+    ("proxy-floor", "proxy-floor", "valid", 200, None, None, "mod_proxy, static Authorization (RequestHeader)"),
+    ("proxy-entra", "proxy-entra", "valid", 200, 0.97, "proxy-floor", "mod_proxy, EntraProxyToken (cached)"),
+    ("proxy-cold", "proxy-cold", "cold", 200, None, None, "EntraProxyToken, 500 concurrent cold requests"),
+    ("entra-unknown-kid", "entra", "randkid", 401, None, None, "mod_entra, random unknown kid each request"),
+    ("floor-again", "floor", "valid", 200, None, None, "no auth (floor), repeated at the end"),
 ]
+# lua-rule runs on entra-role's server, right after it (same child, same cached token).
+SHARED_SERVER = {"lua-rule": "entra-role"}
+# Both routes of that server serve the same file at paths of the same depth.
+CASE_PATHS = {"entra-role": "/role/orders/42.json", "lua-rule": "/lua/orders/42.json"}
 MEMORY_CASES = ("entra-cached", "entra-rs256")
 MAX_POOL = 600_000          # tokens per algorithm, whatever the rate
 WARMUP_SLICE_MAX = 8000     # fresh tokens for one warm-up
@@ -190,6 +260,19 @@ REFETCH_INTERVAL = 60       # EntraKeyRefetchInterval default
 TLS = None                  # throwaway CA + server certificate for the https fake
 MIN_NEW_TOKENS = 5000       # a capped slice still gets this many new tokens
 MINT_BUDGET = 50.0          # seconds of minting per algorithm (--smoke: 20): keeps a run < 5 min
+RESOURCE = "api://bench-api"    # what EntraProxyToken asks the fake IMDS for
+COLD_REQUESTS = 500         # the cold burst: concurrent requests, one connection each
+COLD_HOLD = 8               # the fake holds the first IMDS request at most this long (< EntraTokenTimeout)
+COLD_FETCH_GOAL = 1         # IMDS token requests per (identity, resource) for the whole burst
+COLD_MPM = {"StartServers": 4, "ServerLimit": 4, "ThreadLimit": 128, "ThreadsPerChild": 128,
+            "MaxRequestWorkers": 512, "MinSpareThreads": 128, "MaxSpareThreads": 512}
+BACKEND_MPM = {"StartServers": 2, "ServerLimit": 2, "ThreadLimit": 256, "ThreadsPerChild": 256,
+               "MaxRequestWorkers": 512, "MinSpareThreads": 1, "MaxSpareThreads": 512}
+# Variables that would send the module (or curl) elsewhere than the fakes.
+CLEAN_ENV = ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IMDS_ENDPOINT", "MSI_ENDPOINT", "MSI_SECRET",
+             "IDENTITY_SERVER_THUMBPRINT", "AZURE_POD_IDENTITY_AUTHORITY_HOST", "AZURE_AUTHORITY_HOST",
+             "AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "http_proxy", "HTTP_PROXY",
+             "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -507,8 +590,78 @@ def location_block(kind: str, fake: Fake) -> tuple[str, str, str]:
     raise ValueError(kind)
 
 
+def server_config(kind: str, fake: "Fake | None") -> tuple[str, str, str]:
+    """(LoadModule lines, server-level lines, <Location> sections) for one kind of server."""
+    if kind in ("floor", "entra", "openidc", "oauth2"):
+        loads, server, loc = location_block(kind, fake)
+        return loads, server, f"<Location /orders/>\n{loc}</Location>\n"
+    if kind == "entra-lua":
+        # Two routes, the same but for the Require line: the rule file is a copy in the run's
+        # directory (httpd's user reads it).
+        loads, server, loc = location_block("entra", fake)
+        lua = loc.replace(f"    Require entra-role {ROLE}\n",
+                          f'    EntraLuaRules "{ARGS.rules}"\n    Require entra-lua orders\n')
+        assert lua != loc
+        return loads, server, (f"<Location /role/orders/>\n{loc}</Location>\n"
+                               f"<Location /lua/orders/>\n{lua}</Location>\n")
+    mods = "".join(f"LoadModule {m}_module {MODDIR}/mod_{m}.so\n" for m in ("headers", "proxy", "proxy_http"))
+    if kind == "backend":
+        # The proxied cases' backend: the static file, and (only when asked, by the pre-checks
+        # and the cold burst) the Authorization it received, echoed in a response header.
+        return mods, "", ("<Location /orders/>\n    Require all granted\n"
+                          '    Header set X-Bench-Authorization "expr=%{req:Authorization}" '
+                          '"expr=-n %{req:X-Bench-Echo}"\n</Location>\n')
+    out = OUTBOUND
+    proxy = f"    ProxyPass http://127.0.0.1:{out.backend.port}/orders/\n"
+    if kind == "proxy-floor":
+        return mods, "", (f"<Location /orders/>\n{proxy}"
+                          f'    RequestHeader set Authorization "Bearer {out.static_token}"\n</Location>\n')
+    if kind in ("proxy-entra", "proxy-cold"):
+        server = f"EntraIdentity mi managed source=imds endpoint={out.fake.url('imds')}\n"
+        if kind == "proxy-cold":
+            server += "EntraTokenTimeout 30\n"
+        return (mods + f'LoadModule entra_module "{ARGS.module}"\n', server,
+                f"<Location /orders/>\n{proxy}    EntraProxyToken {RESOURCE} identity=mi\n</Location>\n")
+    raise ValueError(kind)
+
+
+class Outbound:
+    """What the proxied cases share: the fake managed-identity endpoint (t/fakes/fake_identity.py),
+    the loopback backend (an httpd serving the static file) and the floor's static token (one
+    the fake issued for the same resource, so both floors forward a token of the same size)."""
+
+    def __init__(self, workdir: str, htdocs: str):
+        self.fake = identity_client.FakeIdentity(os.path.join(workdir, "identity"))
+        self.backend = None
+        try:
+            self.fake.start()
+            self.backend = Httpd(workdir, "backend", "backend", None, htdocs, mpm=BACKEND_MPM)
+            self.backend.start()
+            r = self.fake.session.get(self.fake.url("imds"), headers={"Metadata": "true"}, timeout=10,
+                                      params={"api-version": "2018-02-01", "resource": RESOURCE})
+            r.raise_for_status()
+            self.static_token = r.json()["access_token"]
+            self.jwks = self.fake.jwks()
+        except Exception:
+            self.stop()
+            raise
+
+    def imds_requests(self) -> int:
+        return self.fake.stats()["imds"]["requests"]
+
+    def reset_counters(self):
+        self.fake.reset(counters=True, scripts=True, settings=False, registrations=False, arc=False)
+
+    def stop(self):
+        if self.backend:
+            self.backend.stop()
+        if self.fake:
+            self.fake.stop()
+
+
 class Httpd:
-    def __init__(self, workdir: str, name: str, kind: str, fake: Fake, htdocs: str):
+    def __init__(self, workdir: str, name: str, kind: str, fake: "Fake | None", htdocs: str,
+                 mpm: dict | None = None, access_log: bool = False):
         self.dir = os.path.join(workdir, "httpd-" + name)
         os.makedirs(self.dir, exist_ok=True)
         os.chmod(self.dir, 0o755)
@@ -517,35 +670,41 @@ class Httpd:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}{PATH}"
         self.error_log = os.path.join(self.dir, "error.log")
+        self.access_log = os.path.join(self.dir, "access.log") if access_log else None
         tpc = ARGS.threads_per_child
-        loads, server, loc = location_block(kind, fake)
+        mpm = mpm or {"StartServers": 1, "ServerLimit": 1, "ThreadLimit": tpc, "ThreadsPerChild": tpc,
+                      "MaxRequestWorkers": tpc, "MinSpareThreads": 1, "MaxSpareThreads": tpc}
+        self.n_children = mpm["StartServers"]
+        loads, server, sections = server_config(kind, fake)
         user = "User www-data\nGroup www-data\n" if os.geteuid() == 0 else ""
         mods = "".join(f"LoadModule {m}_module {MODDIR}/mod_{m}.so\n" for m in
                        ("mpm_event", "authn_core", "authz_core", "authz_user", "mime", "socache_shmcb"))
+        logs = (f'LogFormat "%P %>s" bench\nCustomLog "{self.access_log}" bench\n' if access_log else "")
         conf = (f'ServerRoot "{self.dir}"\nServerName 127.0.0.1\nListen 127.0.0.1:{self.port}\n'
                 f'PidFile "{self.dir}/httpd.pid"\nDefaultRuntimeDir "{self.dir}"\n'
-                f'ErrorLog "{self.error_log}"\nLogLevel warn\n{user}{mods}{loads}'
-                f"StartServers 1\nServerLimit 1\nThreadLimit {tpc}\nThreadsPerChild {tpc}\n"
-                f"MaxRequestWorkers {tpc}\nMinSpareThreads 1\nMaxSpareThreads {tpc}\n"
+                f'ErrorLog "{self.error_log}"\nLogLevel warn\n{logs}{user}{mods}{loads}'
+                + "".join(f"{k} {v}\n" for k, v in mpm.items()) +
                 "MaxConnectionsPerChild 0\nKeepAlive On\nMaxKeepAliveRequests 0\nKeepAliveTimeout 30\n"
                 f"Timeout 30\nEnableMMAP {'On' if ARGS.enable_mmap else 'Off'}\nTypesConfig /etc/mime.types\n"
                 f'DocumentRoot "{htdocs}"\n<Directory "{htdocs}">\n    Options None\n'
                 "    AllowOverride None\n    Require all granted\n</Directory>\n"
-                f"{server}<Location /orders/>\n{loc}</Location>\n")
+                f"{server}{sections}")
         self.conf = os.path.join(self.dir, "httpd.conf")
         with open(self.conf, "w") as f:
             f.write(conf)
         self.proc = None
         self.session = requests.Session()
         self.session.trust_env = False
+        self.env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
 
     def start(self):
-        t = subprocess.run([APACHE, "-t", "-f", self.conf], capture_output=True, text=True, timeout=60)
+        t = subprocess.run([APACHE, "-t", "-f", self.conf], capture_output=True, text=True, timeout=60,
+                           env=self.env)
         if t.returncode != 0:
             raise RuntimeError(f"apache2 -t failed for {self.conf}:\n{t.stdout}{t.stderr}")
         self.out = open(os.path.join(self.dir, "stdout.log"), "ab")
         self.proc = subprocess.Popen([APACHE, "-f", self.conf, "-DFOREGROUND"], stdout=self.out,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
                                      start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 30
         while True:
@@ -559,7 +718,7 @@ class Httpd:
                 raise RuntimeError(f"apache2 did not answer within 30 s: {self.tail()}")
             try:
                 self.session.get(f"http://127.0.0.1:{self.port}/", timeout=2)
-                if len(children_of(self.proc.pid)) == 1:
+                if len(children_of(self.proc.pid)) == self.n_children:
                     break
             except requests.RequestException:
                 pass
@@ -573,12 +732,25 @@ class Httpd:
         return kids[0]
 
     def memory(self) -> dict:
-        st = proc_status(self.child())
+        return self._memory(self.child())
+
+    @staticmethod
+    def _memory(pid: int) -> dict:
+        st = proc_status(pid)
         return {"rss_kib": kib(st, "VmRSS"), "anon_kib": kib(st, "RssAnon"), "shmem_kib": kib(st, "RssShmem")}
 
-    def get(self, token: str | None) -> int:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return self.session.get(self.url, headers=headers, timeout=15).status_code
+    def memory_all(self) -> dict:
+        """{pid: memory} of every child (servers with several)."""
+        return {pid: self._memory(pid) for pid in children_of(self.proc.pid)}
+
+    def request(self, path: str, token: str | None, headers: dict | None = None) -> requests.Response:
+        h = dict(headers or {})
+        if token:
+            h["Authorization"] = f"Bearer {token}"
+        return self.session.get(f"http://127.0.0.1:{self.port}{path}", headers=h, timeout=15)
+
+    def get(self, token: str | None, path: str = PATH) -> int:
+        return self.request(path, token).status_code
 
     def log_lines(self) -> int:
         try:
@@ -640,7 +812,8 @@ def run_wrk(url: str, mode: str, file: str, seconds: float) -> dict:
 
 class Case:
     def __init__(self, spec):
-        self.name, self.kind, self.token_kind, self.expect, self.target, self.label = spec
+        self.name, self.kind, self.token_kind, self.expect, self.target, self.ref, self.label = spec
+        self.path = CASE_PATHS.get(self.name, PATH)
         self.result = None      # wrk result of the measured run
         self.second = None      # second run (memory cases)
         self.mem = {}
@@ -653,6 +826,7 @@ class Case:
         self.srv = None         # a server started ahead of its turn (unknown-kid)
         self.slices: list[int] = []   # sizes of the fresh-token slices handed to its runs
         self.warm = None        # wrk result of the warm-up
+        self.cold = None        # proxy-cold: what the burst saw
 
 
 def load_source(case: Case, tokens: Tokens, rate_hint: float | None, seconds: float,
@@ -690,11 +864,13 @@ def precheck(case: Case, srv: Httpd, tokens: Tokens) -> bool:
             case.notes.append(f"pre-check: floor answered {code}, not 200")
             return False
         return True
+    if case.kind.startswith("proxy-"):
+        return precheck_proxy(case, srv, tokens)
     seen = []
     for what, (tok, good) in tokens.matrix.items():
-        if what == "valid ES256" and case.kind != "entra":
+        if what == "valid ES256" and not case.kind.startswith("entra"):
             continue       # the peers are not asked to accept ES256
-        code = srv.get(tok)
+        code = srv.get(tok, case.path)
         seen.append(f"{what} {code}")
         if good and code != 200:
             ok = False
@@ -713,13 +889,80 @@ def precheck(case: Case, srv: Httpd, tokens: Tokens) -> bool:
     if case.token_kind == "badsig-fresh":
         h, c, sig = tokens.valid.split(".")
         own = f"{h}.{c}.{et.b64url(secrets.token_bytes(24))}{sig[32:]}"
-    code = srv.get(own)
+    code = srv.get(own, case.path)
     seen.append(f"case token {code}")
     case.matrix = ", ".join(seen)
     if code != case.expect:
         ok = False
         case.notes.append(f"pre-check: the case's own token got {code}, expected {case.expect}")
     return ok
+
+
+def forwarded_token(resp: requests.Response) -> str:
+    """The bearer token the backend received, from its echo header (pre-checks, cold burst)."""
+    value = resp.headers.get("X-Bench-Authorization") or ""
+    scheme, _, tok = value.partition(" ")
+    if scheme != "Bearer" or tok.count(".") != 2:
+        raise ValueError(f"the backend got Authorization {value[:40]!r}")
+    return tok
+
+
+def check_forwarded(tok: str) -> str:
+    """Verify a forwarded token against the fake identity endpoint's keys; a short description."""
+    claims = identity_client.verify_token(tok, OUTBOUND.jwks)
+    if claims.get("aud") != RESOURCE or claims.get("fake_source") != "imds":
+        raise ValueError(f"the backend got a token for aud {claims.get('aud')!r} from "
+                         f"{claims.get('fake_source')!r}, expected {RESOURCE!r} from imds")
+    return f"aud {claims['aud']}, {claims.get('fake_identity')} via {claims['fake_source']}"
+
+
+def precheck_proxy(case: Case, srv: Httpd, tokens: Tokens) -> bool:
+    """Proxied cases: with and without a client token the request gets 200 and the file, and the
+    backend receives Authorization: Bearer <JWT issued by the fake for RESOURCE, signature
+    verified> (proxy-floor: the static one; proxy-entra: never the client's token)."""
+    seen = []
+    try:
+        for what, tok in (("valid", tokens.valid), ("no token", None)):
+            r = srv.request(case.path, tok, {"X-Bench-Echo": "1"})
+            seen.append(f"{what} {r.status_code}")
+            if r.status_code != 200 or r.text != BODY:
+                case.notes.append(f"pre-check: {what} got {r.status_code}, expected 200 and the file")
+                return False
+            fwd = forwarded_token(r)
+            desc = check_forwarded(fwd)
+            if fwd == tokens.valid:
+                raise ValueError("the client's token was forwarded")
+            if case.kind == "proxy-floor" and fwd != OUTBOUND.static_token:
+                raise ValueError("the backend did not get the static token")
+        seen.append(f"backend got Bearer JWT ({desc})")
+        if case.kind == "proxy-entra":
+            seen.append(f"IMDS token requests since start {OUTBOUND.imds_requests()}")
+        return True
+    except (ValueError, KeyError, requests.RequestException) as exc:
+        case.notes.append(f"pre-check: {exc}")
+        return False
+    except Exception as exc:   # cryptography's InvalidSignature has no message
+        case.notes.append(f"pre-check: the forwarded token does not verify ({type(exc).__name__} {exc})")
+        return False
+    finally:
+        case.matrix = ", ".join(seen)
+
+
+def adopt_server(case: Case, srv: Httpd, tokens: Tokens) -> Httpd | None:
+    """Pre-check a server handed over by the case before (SHARED_SERVER) for this case's route."""
+    try:
+        ok = precheck(case, srv, tokens)
+    except Exception as exc:
+        ok = False
+        case.notes.append(f"error: {exc}")
+    log(f"  {case.name}: pre-check (on {SHARED_SERVER[case.name]}'s server) {'ok' if ok else 'FAILED'}: "
+        f"{case.matrix}")
+    if not ok:
+        case.status = "FAIL"
+        log(f"  {case.name}: not measured: " + "; ".join(case.notes))
+        srv.stop()
+        return None
+    return srv
 
 
 def start_server(case: Case, fake: Fake, tokens: Tokens, htdocs: str) -> Httpd | None:
@@ -731,12 +974,16 @@ def start_server(case: Case, fake: Fake, tokens: Tokens, htdocs: str) -> Httpd |
             case.notes.append(f"skipped: {pkg} not installed")
             log(f"  {case.name}: skipped: {pkg} not installed")
             return None
-    srv = Httpd(WORKDIR, case.name, case.kind, fake, htdocs)
+    srv = None
     try:
+        if case.kind.startswith("proxy-"):
+            OUTBOUND.reset_counters()    # IMDS requests since this server started
+        srv = Httpd(WORKDIR, case.name, case.kind, fake, htdocs)
         srv.start()
         ok = precheck(case, srv, tokens)
     except Exception as exc:
-        srv.stop()
+        if srv:
+            srv.stop()
         case.status = "FAIL"
         case.notes.append(f"error: {exc}")
         log(f"  {case.name}: FAIL: {exc}")
@@ -767,11 +1014,22 @@ def wait_out_refetch_interval(case: Case, fake: Fake):
     case.since_fetch = time.time() - last
 
 
-def run_case(case: Case, fake: Fake, tokens: Tokens, htdocs: str, floor_rps: float | None):
+def fetch_counts(case: Case, fake: Fake) -> dict | None:
+    """Requests the case's server may make to a fake: JWKS/discovery (inbound) or IMDS tokens."""
+    if case.kind.startswith("proxy-"):
+        return {"imds": OUTBOUND.imds_requests()} if case.kind != "proxy-floor" else None
+    return fake.stats() if case.kind != "floor" else None
+
+
+def run_case(case: Case, fake: Fake, tokens: Tokens, htdocs: str, floor_rps: float | None,
+             keep: bool = False) -> Httpd | None:
+    """Warm-up and measured run(s) on the case's server; the server is stopped after, or with
+    keep (and no failure) returned for the next case (SHARED_SERVER)."""
     srv = case.srv or start_server(case, fake, tokens, htdocs)
     case.srv = None
     if srv is None:
-        return
+        return None
+    url = f"http://127.0.0.1:{srv.port}{case.path}"
     try:
         if case.token_kind == "randkid":
             if ARGS.smoke:
@@ -785,16 +1043,16 @@ def run_case(case: Case, fake: Fake, tokens: Tokens, htdocs: str, floor_rps: flo
         # (small) slice of fresh tokens saw cache hits: its rate overestimates, which only
         # makes the measured run's slice larger.
         mode, file = load_source(case, tokens, floor_rps, ARGS.warmup, warmup=True)
-        warm = case.warm = run_wrk(srv.url, mode, file, ARGS.warmup)
+        warm = case.warm = run_wrk(url, mode, file, ARGS.warmup)
         case.mem["warm"] = srv.memory()
         check_statuses(case, warm, "warm-up")
         mode, file = load_source(case, tokens, warm["rps"], ARGS.duration, margin=1.3)
         lines0 = srv.log_lines()
-        before = fake.stats() if case.kind != "floor" else None
-        case.result = run_wrk(srv.url, mode, file, ARGS.duration)
+        before = fetch_counts(case, fake)
+        case.result = run_wrk(url, mode, file, ARGS.duration)
         case.mem["run1"] = srv.memory()
         if before is not None:
-            after = fake.stats()
+            after = fetch_counts(case, fake)
             case.fetches = {k: after[k] - before[k] for k in after}
         case.log_growth = srv.log_lines() - lines0
         if case.token_kind == "randkid":
@@ -805,7 +1063,7 @@ def run_case(case: Case, fake: Fake, tokens: Tokens, htdocs: str, floor_rps: flo
         check_statuses(case, case.result, "run 1")
         if case.name in MEMORY_CASES and not ARGS.no_second_run:
             mode, file = load_source(case, tokens, case.result["rps"], ARGS.duration, margin=1.2)
-            case.second = run_wrk(srv.url, mode, file, ARGS.duration)
+            case.second = run_wrk(url, mode, file, ARGS.duration)
             case.mem["run2"] = srv.memory()
             check_statuses(case, case.second, "run 2")
         log(f"  {case.name}: {case.result['rps']:.0f} req/s, statuses {fmt_statuses(case.result)}"
@@ -814,8 +1072,136 @@ def run_case(case: Case, fake: Fake, tokens: Tokens, htdocs: str, floor_rps: flo
         case.status = "FAIL"
         case.notes.append(f"error: {exc}")
         log(f"  {case.name}: FAIL: {exc}")
+    if keep and case.status == "ok":
+        return srv
+    srv.stop()
+    return None
+
+
+def run_cold(case: Case, tokens: Tokens, htdocs: str):
+    """COLD_REQUESTS concurrent requests to a fresh proxy with several children while its first
+    token fetch is held at the fake: how many IMDS token requests did they cause?"""
+    out = OUTBOUND
+    srv = None
+    n = COLD_REQUESTS
+    try:
+        out.reset_counters()
+        # The first IMDS request (the children's start-up warm-up) is held until every request of
+        # the burst has been sent (release below), COLD_HOLD s at most.
+        out.fake.script("imds", [f"slow:{COLD_HOLD}"])
+        t_start = time.time()
+        srv = Httpd(WORKDIR, case.name, "proxy-cold", None, htdocs, mpm=COLD_MPM, access_log=True).start()
+        lines0 = srv.log_lines()
+        case.matrix = f"{srv.n_children} children, {COLD_MPM['ThreadsPerChild']} threads each"
+        log(f"  {case.name}: {case.matrix}; {n} concurrent requests")
+        barrier = threading.Barrier(n, timeout=30)
+        sent = [None] * n
+
+        def one(i: int) -> tuple:
+            """(status or error name, latency s, forwarded token or None, body ok)."""
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+            err = None
+            try:
+                conn.connect()
+            except OSError as exc:
+                err = type(exc).__name__
+            try:
+                barrier.wait()           # every connection open: the requests leave together
+            except threading.BrokenBarrierError:
+                pass
+            try:
+                if err:
+                    return err, 0.0, None, False
+                conn.request("GET", PATH, headers={"Authorization": f"Bearer {tokens.valid}",
+                                                   "X-Bench-Echo": "1", "Connection": "close"})
+                t0 = time.monotonic()
+                sent[i] = time.time()
+                resp = conn.getresponse()
+                body = resp.read().decode(errors="replace")
+                return (resp.status, time.monotonic() - t0, resp.getheader("X-Bench-Authorization"),
+                        body == BODY)
+            except (OSError, http.client.HTTPException) as exc:
+                return type(exc).__name__, 0.0, None, False
+            finally:
+                conn.close()
+
+        t0 = time.time()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
+            futures = [pool.submit(one, i) for i in range(n)]
+            deadline = time.monotonic() + COLD_HOLD - 1
+            while sum(1 for t in sent if t) < n and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.3)                  # let httpd hand the last ones to workers
+            n_sent = sum(1 for t in sent if t)
+            t_release = time.time()
+            out.fake.release()
+            results = [f.result(timeout=120) for f in futures]
+        t_done = time.time()
+        stats = out.fake.stats()["imds"]
+        imds = out.fake.requests_log("imds")
+        t_fetch = min((e["t"] for e in imds if e["t"] >= t_start), default=None)
+        mem = srv.memory_all()
+        statuses = collections.Counter(r[0] for r in results)
+        lat = sorted(r[1] for r in results if r[0] == 200)
+        pct = (lambda q: lat[min(len(lat) - 1, int(q / 100 * len(lat)))] * 1e6) if lat else (lambda q: 0.0)
+        fwd = collections.Counter(r[2] for r in results if r[0] == 200)
+        pids = collections.Counter()
+        with open(srv.access_log) as f:
+            for line in f:
+                pid, _, st = line.partition(" ")
+                pids[pid] += 1
+        big = max(mem.values(), key=lambda m: m["rss_kib"] or 0) if mem else {}
+        case.mem["run1"] = big
+        case.result = {"statuses": {(k if isinstance(k, int) else str(k)): v for k, v in statuses.items()},
+                       "requests": float(len(results)), "rps": None, "p50": pct(50), "p99": pct(99),
+                       "lat_max": (lat[-1] * 1e6 if lat else 0.0)}
+        verified = []
+        for tok in fwd:
+            try:
+                scheme, _, t = (tok or "").partition(" ")
+                if scheme != "Bearer":
+                    raise ValueError(f"not a bearer token: {str(tok)[:20]!r}")
+                verified.append(check_forwarded(t))
+            except Exception as exc:
+                case.status = "FAIL"
+                case.notes.append(f"the backend got a token that does not verify: {type(exc).__name__} {exc}")
+        case.cold = {"requests": n, "sent_before_release": n_sent, "imds_requests": stats["requests"],
+                     "imds_throttled": stats.get("throttled", 0), "by_resource": stats.get("by_resource", {}),
+                     "fetch_after_start": None, "released_after_fetch": None, "sent_after_fetch": None,
+                     "seconds": t_done - t0, "children": len(mem), "children_serving": len(pids),
+                     "served_per_child": sorted(pids.values(), reverse=True),
+                     "rss_children_mib": sorted(round((m["rss_kib"] or 0) / 1024, 1) for m in mem.values()),
+                     "distinct_tokens": len(fwd), "token": verified[0] if verified else None,
+                     "bad_bodies": sum(1 for r in results if r[0] == 200 and not r[3])}
+        if t_fetch is not None:
+            case.cold["fetch_after_start"] = t_fetch - t_start
+            case.cold["released_after_fetch"] = t_release - t_fetch
+            case.cold["sent_after_fetch"] = max((t for t in sent if t), default=t_fetch) - t_fetch
+        case.log_growth = srv.log_lines() - lines0
+        bad = {k: v for k, v in statuses.items() if k != case.expect}
+        if bad:
+            case.status = "FAIL"
+            case.notes.append(f"unexpected statuses {dict(bad)} (expected only {case.expect})")
+        if case.cold["bad_bodies"]:
+            case.status = "FAIL"
+            case.notes.append(f"{case.cold['bad_bodies']} answers with 200 did not carry the file")
+        if len(fwd) > 1:
+            case.notes.append(f"the backend got {len(fwd)} different tokens")
+        if n_sent < n:
+            case.notes.append(f"only {n_sent} of {n} requests were sent before the fetch was released")
+        log(f"  {case.name}: statuses {fmt_statuses(case.result)}, IMDS token requests {stats['requests']}, "
+            f"{len(pids)} of {len(mem)} children served")
+    except Exception as exc:
+        case.status = "FAIL"
+        case.notes.append(f"error: {exc}")
+        log(f"  {case.name}: FAIL: {exc}")
     finally:
-        srv.stop()
+        if srv:
+            srv.stop()
+        try:
+            out.fake.reset(counters=False, scripts=True, settings=False, registrations=False, arc=False)
+        except Exception:
+            pass
 
 
 def check_statuses(case: Case, res: dict, run: str):
@@ -833,7 +1219,7 @@ def check_statuses(case: Case, res: dict, run: str):
 
 
 def fmt_statuses(res: dict) -> str:
-    return " ".join(f"{s}:{n}" for s, n in sorted(res["statuses"].items())) or "-"
+    return " ".join(f"{s}:{n}" for s, n in sorted(res["statuses"].items(), key=lambda i: str(i[0]))) or "-"
 
 
 def mib(k: int | None) -> str:
@@ -852,27 +1238,39 @@ def report(cases: list[Case], floor: Case | None, tokens: "Tokens | None"):
             f"last case) = {floor_rps:.0f} req/s; they differ by {abs(a - b) / floor_rps:.0%}, a measure "
             "of the machine's drift and noise during the run")
         log()
-    rows = [("case", "req/s", "p50 ms", "p99 ms", "statuses", "RSS MiB", "ratio", "target")]
+    by_name = {c.name: c for c in cases}
+    rows = [("case", "req/s", "p50 ms", "p99 ms", "statuses", "RSS MiB", "ratio", "own ratio", "target")]
     for c in cases:
         if c.result is None:
-            rows.append((c.name, "-", "-", "-", "-", "-", "-", c.status if c.status != "ok" else "-"))
+            rows.append((c.name, "-", "-", "-", "-", "-", "-", "-", c.status if c.status != "ok" else "-"))
             continue
         r = c.result
-        ratio = r["rps"] / floor_rps if floor_rps else None
-        if c.target is not None and ratio is not None:
-            tgt = f">={c.target:.2f} " + ("ok" if ratio >= c.target else "MISS")
+        ratio = r["rps"] / floor_rps if floor_rps and r["rps"] is not None else None
+        ref = by_name.get(c.ref) if c.ref else None
+        own = None
+        if ref and ref.result and ref.result["rps"] and r["rps"] is not None:
+            own = r["rps"] / ref.result["rps"]
+        goal = own if c.ref else ratio
+        if c.target is not None and goal is not None:
+            tgt = f">={c.target:.2f} " + ("ok" if goal >= c.target else "MISS")
+        elif c.target is not None:
+            tgt = f">={c.target:.2f} ?"          # its own floor was not measured
         elif c.token_kind == "randkid" and c.kid:
             # Entra publishes v2 and v1 key sets at two URIs: the goal is per JWKS URI.
             allowed = KID_FETCH_GOAL_PER_60S * max(1, math.ceil(c.kid["seconds"] / 60))
             worst = max(c.kid["jwks_v2"], c.kid["jwks_v1"])
             tgt = f"jwks/uri {worst}<={allowed} " + ("ok" if worst <= allowed else "MISS")
+        elif c.cold:
+            k = c.cold["imds_requests"]
+            tgt = f"imds {k}=={COLD_FETCH_GOAL} " + ("ok" if k == COLD_FETCH_GOAL else "MISS")
         else:
             tgt = "-"
         if c.status == "FAIL":
             tgt = "FAIL"
-        rows.append((c.name, f"{r['rps']:.0f}", f"{r['p50'] / 1000:.2f}", f"{r['p99'] / 1000:.2f}",
-                     fmt_statuses(r), mib(c.mem.get("run1", {}).get("rss_kib")),
-                     "-" if ratio is None else f"{ratio:.3f}", tgt))
+        rows.append((c.name, "-" if r["rps"] is None else f"{r['rps']:.0f}", f"{r['p50'] / 1000:.2f}",
+                     f"{r['p99'] / 1000:.2f}", fmt_statuses(r), mib(c.mem.get("run1", {}).get("rss_kib")),
+                     "-" if ratio is None else f"{ratio:.3f}",
+                     "-" if own is None else f"{own:.3f} of {c.ref}", tgt))
     print_table(rows)
     log()
     for c in cases:
@@ -880,7 +1278,11 @@ def report(cases: list[Case], floor: Case | None, tokens: "Tokens | None"):
             log(f"note: {c.name}: {n}")
         if c.log_growth > 10:
             log(f"note: {c.name}: the error log grew by {c.log_growth} lines during the run")
-        if c.fetches and c.token_kind != "randkid" and any(c.fetches.values()):
+        if c.fetches and "imds" in c.fetches:
+            if c.fetches["imds"]:
+                log(f"note: {c.name}: the fake identity endpoint saw {c.fetches['imds']} token requests "
+                    "during the run")
+        elif c.fetches and c.token_kind != "randkid" and any(c.fetches.values()):
             log(f"note: {c.name}: the fake saw {c.fetches['jwks']} JWKS and {c.fetches['discovery']} "
                 "discovery fetches during the run")
     for c in cases:
@@ -898,6 +1300,24 @@ def report(cases: list[Case], floor: Case | None, tokens: "Tokens | None"):
                 log(f"  (the {REFETCH_INTERVAL} s since that fetch ran out only "
                     f"{REFETCH_INTERVAL - c.kid['since_fetch']:.0f} s into the flood, so the flood "
                     "tested the limit for less time; a full run waits the interval out first)")
+    for c in cases:
+        if c.cold:
+            k = c.cold
+            when = ""
+            if k["released_after_fetch"] is not None:
+                when = (f"; the fetch began {k['fetch_after_start']:.1f} s after httpd was started and was "
+                        f"held {k['released_after_fetch']:.1f} s (released once all were sent; the last "
+                        f"was sent {k['sent_after_fetch']:.1f} s after it began)")
+            log(f"cold burst: {k['requests']} concurrent requests (one connection each, sent together) to a "
+                f"fresh proxy with {k['children']} children; {k['sent_before_release']} sent while the first "
+                f"token fetch was held{when}; statuses {fmt_statuses(c.result)}; IMDS token requests at the "
+                f"fake: {k['imds_requests']} (by resource {k['by_resource']}, throttled {k['imds_throttled']}); "
+                f"goal: exactly {COLD_FETCH_GOAL} per (identity, resource). Served by {k['children_serving']} "
+                f"children ({'/'.join(map(str, k['served_per_child']))} requests); the backend got "
+                f"{k['distinct_tokens']} distinct token(s) ({k['token'] or '-'}); latency from sending: p50 "
+                f"{c.result['p50'] / 1e6:.2f} s, p99 {c.result['p99'] / 1e6:.2f} s, max "
+                f"{c.result['lat_max'] / 1e6:.2f} s (includes the held fetch); burst {k['seconds']:.1f} s; "
+                f"children's RSS {k['rss_children_mib']} MiB")
     checked = [c for c in cases if c.matrix and c.kind != "floor"]
     if checked:
         log("pre-checks (status per token, before measuring):")
@@ -924,7 +1344,8 @@ def report(cases: list[Case], floor: Case | None, tokens: "Tokens | None"):
     print_table(mrows)
     log("(MiB. RSS = VmRSS of the httpd child: after the warm-up, after the measured run, after a "
         "second run of the same length; anon = RssAnon, its private heap; 'vs floor' = RSS after "
-        "run 1 minus the floor child's)")
+        "run 1 minus the floor child's; proxy-cold: its largest child after the burst, with "
+        f"{COLD_MPM['ThreadsPerChild']} threads instead of {ARGS.threads_per_child})")
 
 
 def print_table(rows):
@@ -940,10 +1361,11 @@ def print_table(rows):
 
 ARGS = None
 WORKDIR = None
+OUTBOUND = None     # Outbound while the proxied cases run
 
 
 def main(argv=None) -> int:
-    global ARGS, WORKDIR
+    global ARGS, WORKDIR, OUTBOUND
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="about 2 s per case (CI)")
     ap.add_argument("--duration", type=float, help="seconds per measured run (default 10, smoke 2)")
@@ -968,7 +1390,7 @@ def main(argv=None) -> int:
         ap.error("--threads-per-child must exceed --connections: with every worker busy, mpm_event "
                  "closes idle keep-alive connections and the run measures reconnects")
 
-    for what, path in (("apache2", APACHE), ("wrk", WRK), ("bench.lua", LUA)):
+    for what, path in (("apache2", APACHE), ("wrk", WRK), ("bench.lua", LUA), ("rules.lua", RULES)):
         if not os.path.exists(path):
             sys.exit(f"bench: {what} not found at {path}")
     if not os.path.exists(ARGS.module):
@@ -979,6 +1401,9 @@ def main(argv=None) -> int:
         unknown = set(names) - {c[0] for c in CASES}
         if unknown:
             ap.error(f"unknown case(s) {sorted(unknown)}; known: {[c[0] for c in CASES]}")
+        # A case's own floor (and the case whose server it shares) runs too.
+        names = set(names) | {c[5] for c in CASES if c[0] in names and c[5]}
+        names |= {SHARED_SERVER[n] for n in names if n in SHARED_SERVER}
         selected = [c for c in CASES if c[0] in names or c[0] == "floor"]
 
     global MINT_BUDGET
@@ -992,6 +1417,9 @@ def main(argv=None) -> int:
     shutil.copy2(ARGS.module_source, ARGS.module)
     os.chmod(ARGS.module, 0o755)
     os.utime(ARGS.module, (built, built))
+    ARGS.rules = os.path.join(WORKDIR, "rules.lua")     # read by httpd's user
+    shutil.copy(RULES, ARGS.rules)
+    os.chmod(ARGS.rules, 0o644)
     env = environment_line(ARGS)
     for line in env:
         log(line)
@@ -999,9 +1427,11 @@ def main(argv=None) -> int:
 
     htdocs = os.path.join(WORKDIR, "htdocs")
     os.makedirs(os.path.join(htdocs, "orders"))
-    with open(os.path.join(htdocs, PATH.lstrip("/")), "w") as f:
-        f.write(BODY)
-    for d in (htdocs, os.path.join(htdocs, "orders")):
+    for path in {PATH, *CASE_PATHS.values()}:
+        os.makedirs(os.path.dirname(os.path.join(htdocs, path.lstrip("/"))), exist_ok=True)
+        with open(os.path.join(htdocs, path.lstrip("/")), "w") as f:
+            f.write(BODY)
+    for d, _, _ in os.walk(htdocs):
         os.chmod(d, 0o755)
     fakes = {}
     tokens = None
@@ -1011,6 +1441,7 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     cases = [Case(s) for s in selected]
+    handoff = {}    # servers kept for the next case (SHARED_SERVER)
     try:
         global TLS
         keys = os.path.join(WORKDIR, "keys")
@@ -1027,12 +1458,36 @@ def main(argv=None) -> int:
             if case.token_kind == "randkid":
                 case.srv = start_server(case, fake_for[case.name], tokens, htdocs)
         floor = cases[0]
-        for case in cases:
-            if case.status != "ok":
-                continue
-            floor_rps = floor.result["rps"] if floor.result else None
-            run_case(case, fake_for.get(case.name, fake_for.get(case.kind, fakes["main"])), tokens, htdocs,
-                     floor_rps)
+        last_proxy = max((i for i, c in enumerate(cases) if c.kind.startswith("proxy-")), default=-1)
+        for i, case in enumerate(cases):
+            if case.kind.startswith("proxy-") and OUTBOUND is None and case.status == "ok":
+                try:
+                    OUTBOUND = Outbound(WORKDIR, htdocs)
+                except Exception as exc:
+                    for c in cases:
+                        if c.kind.startswith("proxy-"):
+                            c.status = "FAIL"
+                            c.notes.append(f"error: the fake identity endpoint or the backend did not start: {exc}")
+                    log(f"  proxy cases: FAIL: {exc}")
+            if case.name in SHARED_SERVER and SHARED_SERVER[case.name] in handoff:
+                srv = handoff.pop(SHARED_SERVER[case.name])
+                if case.status == "ok":
+                    case.srv = adopt_server(case, srv, tokens)
+                else:
+                    srv.stop()
+            if case.status == "ok":
+                floor_rps = floor.result["rps"] if floor.result else None
+                if case.kind == "proxy-cold":
+                    run_cold(case, tokens, htdocs)
+                else:
+                    keep = any(SHARED_SERVER.get(c.name) == case.name for c in cases)
+                    srv = run_case(case, fake_for.get(case.name, fake_for.get(case.kind, fakes["main"])),
+                                   tokens, htdocs, floor_rps, keep=keep)
+                    if srv:
+                        handoff[case.name] = srv
+            if i == last_proxy and OUTBOUND:
+                OUTBOUND.stop()
+                OUTBOUND = None
         log(f"(all cases in {time.monotonic() - t0:.0f} s)")
         log()
         report(cases, floor, tokens)
@@ -1042,8 +1497,9 @@ def main(argv=None) -> int:
                            "cases": [{"name": c.name, "label": c.label, "status": c.status,
                                       "expect": c.expect, "target": c.target, "result": c.result,
                                       "second": c.second, "memory": c.mem, "notes": c.notes,
-                                      "precheck": c.matrix, "fetches": c.fetches,
-                                      "unknown_kid": c.kid} for c in cases]}, f, indent=1, default=str)
+                                      "precheck": c.matrix, "fetches": c.fetches, "own_floor": c.ref,
+                                      "path": c.path, "unknown_kid": c.kid, "cold_burst": c.cold}
+                                     for c in cases]}, f, indent=1, default=str)
     except KeyboardInterrupt:
         log("bench: interrupted")
         return 130
@@ -1051,6 +1507,10 @@ def main(argv=None) -> int:
         for c in cases:
             if c.srv:
                 c.srv.stop()
+        for srv in handoff.values():
+            srv.stop()
+        if OUTBOUND:
+            OUTBOUND.stop()
         for f in fakes.values():
             f.stop()
         if ARGS.keep:

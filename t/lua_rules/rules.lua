@@ -104,7 +104,12 @@ function header_case(req, claims)
 end
 
 function headers_not_a_table(req, claims)
-  return true, "X-Header: value"
+  return true, 42
+end
+
+-- The common idiom: a condition and the reason used when it is false.
+function idiom(req, claims)
+  return claims:has_role("Orders.Read"), "needs Orders.Read"
 end
 
 function allow_if_arg(req, claims)
