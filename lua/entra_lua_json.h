@@ -1,4 +1,5 @@
-/* JSON values as Lua values, shared by the standalone `entra` module and httpd's rules. */
+/* JSON values as Lua values, one way (rules and scripts only read claims); shared by the
+ * standalone `entra` module and httpd's rules. */
 #ifndef ENTRA_LUA_JSON_H
 #define ENTRA_LUA_JSON_H
 
@@ -9,9 +10,5 @@
  * integers, null as the light userdata NULL (exposed as entra.null). Nesting deeper than
  * 32 levels raises a Lua error. */
 void entra_lua_push_json(lua_State *L, const json_t *v);
-
-/* Converts the Lua value at `idx` to JSON (tables with keys 1..n become arrays, other
- * tables objects with string keys). Returns a new reference or NULL with *err set. */
-json_t *entra_lua_to_json(lua_State *L, int idx, const char **err);
 
 #endif
