@@ -45,6 +45,7 @@
 #define IMDS_URL "http://169.254.169.254/metadata/identity/oauth2/token"
 #define TOKEN_STORE_ENTRIES 4096 /* tokens, leases, failures, IMDS rate slots */
 #define VERIFIER_STORE_ENTRIES 1024
+#define VERIFIER_VTAB_ENTRIES 256
 #define VERIFIER_L1_SLOTS 256
 #define DEFAULT_TIMEOUT_MS 10000L
 #define MAX_TIMEOUT_S 120
@@ -375,6 +376,8 @@ static int l_verifier(lua_State *L)
     entra_policy *pol;
     entra_source *src;
     entra_store *store;
+    apr_size_t vbytes;
+    apr_uint64_t seed;
     apr_pool_t *p;
     apr_array_header_t *algs;
     const char *tenant_arg, *tenant, *authority, *metadata_url, *ca_file, *v2, *v1 = NULL, *key;
@@ -453,9 +456,11 @@ static int l_verifier(lua_State *L)
     SHA256((const unsigned char *)key, strlen(key), md);
     for (i = 0; i < 8; i++)
         apr_snprintf(id + 2 * i, 3, "%02x", md[i]);
-    /* Each verifier has its own store: the core's validated-token cache is keyed by the
-     * source alone, so sharing it would let one verifier's algorithms accept for another. */
-    if (entra_memstore_create(p, VERIFIER_STORE_ENTRIES, &store) != APR_SUCCESS ||
+    /* Each verifier has its own store (keys) and verdict table (signatures). */
+    vbytes = entra_vtab_bytes(VERIFIER_VTAB_ENTRIES);
+    if (apr_generate_random_bytes((unsigned char *)&seed, sizeof(seed)) != APR_SUCCESS ||
+        !(lv->v.vtab = entra_vtab_attach(p, apr_pcalloc(p, vbytes), vbytes, seed)) ||
+        entra_memstore_create(p, VERIFIER_STORE_ENTRIES, &store) != APR_SUCCESS ||
         entra_source_create(p, id, v2, v1, !metadata_url, &src) != APR_SUCCESS ||
         entra_l1_create(p, VERIFIER_L1_SLOTS, &lv->v.l1) != APR_SUCCESS)
         return luaL_error(L, "entra: cannot create the verifier");
@@ -463,7 +468,6 @@ static int l_verifier(lua_State *L)
     src->http.ca_file = ca_file;
     apr_pool_cleanup_register(p, src, release_keys, apr_pool_cleanup_null);
     lv->v.source = src;
-    lv->v.cache = store;
     lv->label = metadata_url ? v2 : apr_pstrcat(p, "tenant ", tenant, NULL);
     return 1;
 }

@@ -9,7 +9,6 @@
 #include "entra_log.h"
 #include "entra_verify.h"
 
-#define CACHE_VALUE_MAX 8192         /* larger claim sets are verified every time */
 #define NEGATIVE_TTL 600             /* seconds a bad signature stays remembered */
 
 static const char hexd[] = "0123456789abcdef";
@@ -50,44 +49,46 @@ static void recheck(apr_pool_t *p, const entra_verifier *v, json_t *claims, int 
     entra_snapshot_release(snap);
 }
 
-/* Negative entries are "!reason\n{who}"; positive ones the algorithm's number and the
- * claims JSON as it was signed. */
-static void answer_from_store(apr_pool_t *p, const entra_verifier *v, const unsigned char *md,
-                              const char *val, apr_size_t len, apr_int64_t now,
-                              entra_verify_result *res)
+/* Who a rejected token claimed to be, as the log line names it: app and object id. */
+static void remember_who(json_t *claims, entra_vtab_entry *e)
 {
-    json_t *claims;
-    const char *why;
+    const char *app = entra_json_str(claims, "azp");
 
-    if (val[0] == '!') {
-        /* "!reason\n{claims the log names}" */
-        const char *nl = strchr(val, '\n');
-        res->cached = 1;
-        set_fail(res, ENTRA_VERIFY_INVALID,
-                 nl ? apr_pstrndup(p, val + 1, (apr_size_t)(nl - val - 1)) : val + 1);
-        if (nl && entra_json_parse_object(p, nl + 1, strlen(nl + 1), 1024, &claims, &why) ==
-                      APR_SUCCESS)
-            res->claims = claims;
-        return;
+    e->app_claim = 1;
+    if (!app) {
+        app = entra_json_str(claims, "appid");
+        e->app_claim = 2;
     }
-    if (len < 2 || val[0] < '1' || val[0] > '9' ||
-        entra_json_parse_object(p, val + 1, len - 1, CACHE_VALUE_MAX, &claims, &why) !=
-            APR_SUCCESS) {
-        set_fail(res, ENTRA_VERIFY_INVALID, "token cache entry unreadable");
-        return;
+    if (!app || !entra_guid_parse(app, e->app))
+        e->app_claim = 0;
+    e->has_oid = entra_guid_parse(entra_json_str(claims, "oid"), e->oid);
+}
+
+static json_t *recall_who(apr_pool_t *p, const entra_vtab_entry *e)
+{
+    json_t *who = entra_json_pool_own(p, json_object());
+    char g[37];
+
+    if (e->app_claim == 1 || e->app_claim == 2) {
+        entra_guid_format(e->app, g);
+        json_object_set_new(who, e->app_claim == 1 ? "azp" : "appid", json_string(g));
     }
-    if (v->l1)
-        entra_l1_put(v->l1, md, v->source, claims, val[0] - '0', cache_until(v, claims));
-    recheck(p, v, claims, val[0] - '0', now, res);
+    if (e->has_oid) {
+        entra_guid_format(e->oid, g);
+        json_object_set_new(who, "oid", json_string(g));
+    }
+    return who;
 }
 
 void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *token,
                         apr_size_t len, apr_int64_t now, entra_verify_result *res)
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
-    char hex[2 * SHA256_DIGEST_LENGTH + 1], *val;
-    const char *ckey = NULL, *why;
-    apr_size_t vlen;
+    char hex[2 * SHA256_DIGEST_LENGTH + 1];
+    const char *why;
+    apr_uint64_t tag = 0;
+    entra_vtab_entry ve;
+    int known_good = 0;
     entra_jwt *jwt;
     entra_keys_snapshot *snap = NULL, *newer;
     const entra_key *key;
@@ -125,11 +126,16 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
             return;
         }
     }
-    if (v->cache) {
-        ckey = apr_pstrcat(p, "t", v->source->id, ":", hex, NULL);
-        if (v->cache->get(v->cache, ckey, p, CACHE_VALUE_MAX, &val, &vlen) == APR_SUCCESS) {
-            answer_from_store(p, v, md, val, vlen, now, res);
-            return;
+    if (v->vtab) {
+        tag = entra_vtab_tag(v->source->id);
+        if (entra_vtab_get(v->vtab, md, tag, now, &ve)) {
+            if (ve.kind == ENTRA_VT_INVALID) {
+                res->cached = 1;
+                res->claims = recall_who(p, &ve);
+                set_fail(res, ENTRA_VERIFY_INVALID, entra_vtab_reason(ve.reason));
+                return;
+            }
+            known_good = 1; /* the signature; the claims are this route's to judge */
         }
     }
     if (entra_jwt_parse(p, token, len, v->policy.alg_mask, &jwt, &why) != APR_SUCCESS) {
@@ -137,6 +143,13 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
         return;
     }
     res->claims = jwt->claims;
+    if (known_good) {
+        if (v->l1)
+            entra_l1_put(v->l1, md, v->source, jwt->claims, (int)jwt->alg,
+                         cache_until(v, jwt->claims));
+        recheck(p, v, jwt->claims, (int)jwt->alg, now, res);
+        return;
+    }
     if (entra_source_acquire(v->source, p, &snap, &why) != APR_SUCCESS) {
         set_fail(res, ENTRA_VERIFY_UNAVAILABLE, why);
         return;
@@ -163,28 +176,25 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
     }
     if (entra_jwt_verify(jwt, key, &why) != APR_SUCCESS) {
         set_fail(res, ENTRA_VERIFY_INVALID, why);
-        /* A signature never becomes valid: remember it so floods of one bad token are cheap. */
-        if (ckey) {
-            /* Keep who the caller claimed to be, for the log lines of later rejections. */
-            json_t *who = entra_json_pool_own(p, json_object());
-            const char *neg, *names[] = {"azp", "appid", "oid"};
-            int k;
-            for (k = 0; k < 3; k++)
-                if (entra_json_str(jwt->claims, names[k]) &&
-                    strlen(entra_json_str(jwt->claims, names[k])) <= 64)
-                    json_object_set(who, names[k], json_object_get(jwt->claims, names[k]));
-            neg = apr_pstrcat(p, "!", why, "\n", entra_json_dump(p, who), NULL);
-            v->cache->put(v->cache, ckey, neg, strlen(neg),
-                          apr_time_now() + apr_time_from_sec(NEGATIVE_TTL));
+        /* A signature never becomes valid: remember it so floods of one bad token are cheap,
+         * with who the caller claimed to be, for the log lines of later rejections. */
+        if (v->vtab && entra_vtab_reason_code(why) != 0) {
+            memset(&ve, 0, sizeof(ve));
+            ve.reason = entra_vtab_reason_code(why);
+            ve.kind = ENTRA_VT_INVALID;
+            ve.alg = (int)jwt->alg;
+            ve.until = now + NEGATIVE_TTL;
+            remember_who(jwt->claims, &ve);
+            entra_vtab_put(v->vtab, md, tag, &ve, now);
         }
         goto done;
     }
-    if (ckey && jwt->payload_len < CACHE_VALUE_MAX) {
-        char *entry = apr_palloc(p, jwt->payload_len + 1);
-        entry[0] = (char)('0' + (int)jwt->alg);
-        memcpy(entry + 1, jwt->payload, jwt->payload_len);
-        v->cache->put(v->cache, ckey, entry, jwt->payload_len + 1,
-                      apr_time_from_sec(cache_until(v, jwt->claims)));
+    if (v->vtab) {
+        memset(&ve, 0, sizeof(ve));
+        ve.kind = ENTRA_VT_VALID;
+        ve.alg = (int)jwt->alg;
+        ve.until = cache_until(v, jwt->claims);
+        entra_vtab_put(v->vtab, md, tag, &ve, now);
     }
     if (v->l1)
         entra_l1_put(v->l1, md, v->source, jwt->claims, (int)jwt->alg,

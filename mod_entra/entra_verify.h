@@ -9,13 +9,13 @@
 #include "entra_keys.h"
 #include "entra_l1.h"
 #include "entra_policy.h"
-#include "entra_store.h"
+#include "entra_vtab.h"
 
 typedef struct entra_verifier {
     entra_policy policy;
     entra_source *source;
-    entra_store *cache; /* validated-token cache shared by processes, or NULL */
-    entra_l1 *l1;       /* per-process cache in front of it, or NULL */
+    entra_vtab *vtab; /* signature verdicts shared by processes, or NULL */
+    entra_l1 *l1;     /* per-process cache of verified claims in front of it, or NULL */
 } entra_verifier;
 
 typedef enum {

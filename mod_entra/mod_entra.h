@@ -10,6 +10,7 @@
 
 #include "entra_store.h"
 #include "entra_verify.h"
+#include "entra_vtab.h"
 
 extern module AP_MODULE_DECLARE_DATA entra_module;
 
@@ -59,7 +60,11 @@ typedef struct entra_srv_conf {
     const char *arc_key_dir; /* ENTRA_UNSET -> /var/opt/azcmagent/tokens */
     long lua_max_instructions; /* ENTRA_UNSET */
     long lua_max_memory;       /* ENTRA_UNSET */
+    long token_cache_entries;  /* ENTRA_UNSET -> ENTRA_TOKEN_CACHE_DEFAULT */
 } entra_srv_conf;
+
+#define ENTRA_TOKEN_CACHE_DEFAULT 8192
+#define ENTRA_TOKEN_CACHE_MAX (1 << 22)
 
 /* What authentication established for a request, for the authz providers and filters. */
 typedef struct entra_req_state {
@@ -89,6 +94,8 @@ void entra_cache_register_mutex(apr_pool_t *pconf);
 apr_status_t entra_cache_post_config(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s);
 void entra_cache_child_init(apr_pool_t *p, server_rec *s);
 entra_store *entra_cache_store(void);
+/* The machine-wide table of signature verdicts (NULL when EntraTokenCacheEntries is 0). */
+entra_vtab *entra_cache_vtab(void);
 
 /* Key sources by configuration, one per process: mod_entra.c. */
 entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d);

@@ -282,7 +282,7 @@ static int check_authn(request_rec *r)
     v.policy.max_lifetime = entra_conf_max_lifetime(d);
     v.policy.alg_mask = entra_conf_alg_mask(d);
     v.source = entra_source_for(r->pool, d);
-    v.cache = entra_cache_store();
+    v.vtab = entra_cache_vtab();
     v.l1 = entra_process_l1();
     if (!v.source) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "ENTRA0204: no key source available");

@@ -8,6 +8,7 @@
 #include <ap_socache.h>
 #include <util_mutex.h>
 #include <apr_global_mutex.h>
+#include <apr_shm.h>
 #include <apr_strings.h>
 
 #include "mod_entra.h"
@@ -22,6 +23,7 @@ static ap_socache_instance_t *instance;
 static apr_global_mutex_t *mutex;
 static server_rec *main_server;
 static entra_store store;
+static entra_vtab *vtab;
 
 void entra_cache_register_mutex(apr_pool_t *pconf)
 {
@@ -134,6 +136,34 @@ static apr_status_t cache_cleanup(void *data)
     return APR_SUCCESS;
 }
 
+/* Anonymous shared memory made before the fork: every child of this generation maps it,
+ * and it goes with pconf at a restart. */
+static apr_status_t create_vtab(apr_pool_t *pconf, server_rec *s, entra_srv_conf *sc)
+{
+    long entries = sc->token_cache_entries != ENTRA_UNSET ? sc->token_cache_entries
+                                                          : ENTRA_TOKEN_CACHE_DEFAULT;
+    apr_size_t bytes;
+    apr_shm_t *shm;
+    apr_uint64_t seed;
+    apr_status_t rv;
+
+    vtab = NULL;
+    if (entries == 0)
+        return APR_SUCCESS;
+    bytes = entra_vtab_bytes((unsigned)entries);
+    rv = apr_shm_create(&shm, bytes, NULL, pconf);
+    if (rv == APR_SUCCESS)
+        rv = apr_generate_random_bytes((unsigned char *)&seed, sizeof(seed));
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s,
+                     "ENTRA0014: cannot create the token cache (%" APR_SIZE_T_FMT " bytes)", bytes);
+        return rv;
+    }
+    memset(apr_shm_baseaddr_get(shm), 0, bytes);
+    vtab = entra_vtab_attach(pconf, apr_shm_baseaddr_get(shm), bytes, seed);
+    return vtab ? APR_SUCCESS : APR_EGENERAL;
+}
+
 apr_status_t entra_cache_post_config(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s)
 {
     entra_srv_conf *sc = ap_get_module_config(s->module_config, &entra_module);
@@ -176,6 +206,8 @@ apr_status_t entra_cache_post_config(apr_pool_t *pconf, apr_pool_t *ptemp, serve
     }
     main_server = s;
     apr_pool_cleanup_register(pconf, NULL, cache_cleanup, apr_pool_cleanup_null);
+    if ((rv = create_vtab(pconf, s, sc)) != APR_SUCCESS)
+        return rv;
     store.get = sc_get;
     store.put = sc_put;
     store.add = sc_add;
@@ -192,6 +224,11 @@ void entra_cache_child_init(apr_pool_t *p, server_rec *s)
             ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s,
                          "ENTRA0006: cannot attach to the cache mutex");
     }
+}
+
+entra_vtab *entra_cache_vtab(void)
+{
+    return vtab;
 }
 
 entra_store *entra_cache_store(void)

@@ -70,6 +70,7 @@ void *entra_create_srv_conf(apr_pool_t *p, server_rec *s)
     sc->token_timeout_ms = ENTRA_UNSET;
     sc->lua_max_instructions = ENTRA_UNSET;
     sc->lua_max_memory = ENTRA_UNSET;
+    sc->token_cache_entries = ENTRA_UNSET;
     return sc;
 }
 
@@ -291,6 +292,23 @@ static const char *cmd_cache(cmd_parms *cmd, void *dv, const char *arg)
     return NULL;
 }
 
+static const char *cmd_token_cache_entries(cmd_parms *cmd, void *dv, const char *arg)
+{
+    entra_srv_conf *sc = ap_get_module_config(cmd->server->module_config, &entra_module);
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    char *end;
+    long v;
+    (void)dv;
+    if (err)
+        return err;
+    v = strtol(arg, &end, 10);
+    if (end == arg || *end || v < 0 || v > ENTRA_TOKEN_CACHE_MAX)
+        return apr_psprintf(cmd->pool, "EntraTokenCacheEntries: a number of entries from 0 (off) "
+                                       "to %d", ENTRA_TOKEN_CACHE_MAX);
+    sc->token_cache_entries = v;
+    return NULL;
+}
+
 #define DIR_CMD (RSRC_CONF | ACCESS_CONF)
 
 const command_rec entra_cmds[] = {
@@ -327,6 +345,9 @@ const command_rec entra_cmds[] = {
                   "Seconds between background key refreshes (default 86400)"),
     AP_INIT_TAKE1("EntraCache", cmd_cache, NULL, RSRC_CONF,
                   "Shared cache: socache provider[:args] (default shmcb)"),
+    AP_INIT_TAKE1("EntraTokenCacheEntries", cmd_token_cache_entries, NULL, RSRC_CONF,
+                  "Signature verdicts kept in shared memory for all processes (default 8192, "
+                  "96 bytes each; 0: off)"),
     AP_INIT_RAW_ARGS("EntraIdentity", entra_cmd_identity, NULL, RSRC_CONF,
                      "<name> managed|workload|secret|certificate [key=value ...]: an identity "
                      "that acquires tokens"),
