@@ -125,6 +125,17 @@ static apr_status_t pkey_cleanup(void *data)
     return APR_SUCCESS;
 }
 
+#define VERIFY_CTX_SLOTS (ENTRA_ALG_ES512 + 1)
+
+static apr_status_t verify_ctx_cleanup(void *data)
+{
+    EVP_PKEY_CTX **c = data;
+    int i;
+    for (i = 0; i < VERIFY_CTX_SLOTS; i++)
+        EVP_PKEY_CTX_free(c[i]);
+    return APR_SUCCESS;
+}
+
 /* Decodes a base64url member into bytes; NULL when absent or malformed. */
 static unsigned char *b64_member(apr_pool_t *p, const json_t *jwk, const char *name,
                                  apr_size_t *len)
@@ -350,6 +361,8 @@ apr_status_t entra_keyset_from_jwks(apr_pool_t *p, const json_t *jwks, const cha
             continue;
         }
         apr_pool_cleanup_register(p, key.pkey, pkey_cleanup, apr_pool_cleanup_null);
+        key.verify_ctx = apr_pcalloc(p, VERIFY_CTX_SLOTS * sizeof(EVP_PKEY_CTX *));
+        apr_pool_cleanup_register(p, key.verify_ctx, verify_ctx_cleanup, apr_pool_cleanup_null);
         key.kid = apr_pstrdup(p, kid);
         key.issuer = entra_json_str(jwk, "issuer") ? apr_pstrdup(p, entra_json_str(jwk, "issuer"))
                                                    : NULL;
@@ -397,16 +410,58 @@ static unsigned char *ecdsa_raw_to_der(const unsigned char *sig, apr_size_t len,
     return *der_len > 0 ? der : NULL;
 }
 
+/* A verification context for (key, alg) with padding and digest set; NULL on failure. */
+static EVP_PKEY_CTX *new_verify_ctx(entra_alg alg, const entra_key *key, const EVP_MD *md)
+{
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_pkey(NULL, key->pkey, NULL);
+    int ok = c && EVP_PKEY_verify_init(c) == 1;
+
+    if (ok && alg >= ENTRA_ALG_PS256 && alg <= ENTRA_ALG_PS512)
+        ok = EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PSS_PADDING) > 0 &&
+             EVP_PKEY_CTX_set_rsa_pss_saltlen(c, RSA_PSS_SALTLEN_DIGEST) > 0;
+    else if (ok && key->is_rsa)
+        ok = EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PADDING) > 0;
+    ok = ok && EVP_PKEY_CTX_set_signature_md(c, md) > 0;
+    if (!ok) {
+        EVP_PKEY_CTX_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* A context of our own for one verification: a copy of the key's kept one (made and
+ * published on first use; a thread losing the race frees its own), or a new one. */
+static EVP_PKEY_CTX *verify_ctx(entra_alg alg, const entra_key *key, const EVP_MD *md)
+{
+    EVP_PKEY_CTX *kept, *mine, *expected = NULL;
+
+    if (!key->verify_ctx)
+        return new_verify_ctx(alg, key, md);
+    kept = __atomic_load_n(&key->verify_ctx[alg], __ATOMIC_ACQUIRE);
+    if (!kept) {
+        if (!(mine = new_verify_ctx(alg, key, md)))
+            return NULL;
+        if (__atomic_compare_exchange_n(&key->verify_ctx[alg], &expected, mine, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            kept = mine;
+        else {
+            EVP_PKEY_CTX_free(mine);
+            kept = expected;
+        }
+    }
+    return EVP_PKEY_CTX_dup(kept);
+}
+
 apr_status_t entra_sig_verify(entra_alg alg, const entra_key *key, const unsigned char *input,
                               apr_size_t input_len, const unsigned char *sig, apr_size_t sig_len)
 {
     const EVP_MD *md = alg_md(alg);
-    EVP_MD_CTX *mctx;
     EVP_PKEY_CTX *pctx = NULL;
-    unsigned char *der = NULL;
+    unsigned char *der = NULL, digest[EVP_MAX_MD_SIZE];
+    unsigned int dlen = 0;
     const unsigned char *vsig = sig;
     size_t vlen = sig_len;
-    int ok = 0;
+    int ok;
 
     if (!md || !entra_alg_fits_key(alg, key))
         return APR_EINVAL;
@@ -424,17 +479,10 @@ apr_status_t entra_sig_verify(entra_alg alg, const entra_key *key, const unsigne
         vsig = der;
         vlen = (size_t)dl;
     }
-    mctx = EVP_MD_CTX_new();
-    if (mctx && EVP_DigestVerifyInit(mctx, &pctx, md, NULL, key->pkey) == 1) {
-        ok = 1;
-        if (alg >= ENTRA_ALG_PS256 && alg <= ENTRA_ALG_PS512)
-            ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) > 0 &&
-                 EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) > 0;
-        else if (key->is_rsa)
-            ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) > 0;
-        ok = ok && EVP_DigestVerify(mctx, vsig, vlen, input, input_len) == 1;
-    }
-    EVP_MD_CTX_free(mctx);
+    ok = EVP_Digest(input, input_len, digest, &dlen, md, NULL) == 1 &&
+         (pctx = verify_ctx(alg, key, md)) != NULL &&
+         EVP_PKEY_verify(pctx, vsig, vlen, digest, dlen) == 1;
+    EVP_PKEY_CTX_free(pctx);
     OPENSSL_free(der);
     if (!ok)
         ERR_clear_error(); /* a bad signature is an answer, not an error to carry along */

@@ -33,6 +33,9 @@ typedef struct entra_key {
     const char *crv;    /* "P-256"... for EC keys, NULL for RSA */
     int is_rsa;
     EVP_PKEY *pkey;     /* freed with the keyset's pool */
+    /* Per algorithm, a verification context made on first use and duplicated for each
+     * signature (cheaper than a new one: no provider lookups); NULL array: none kept. */
+    EVP_PKEY_CTX **verify_ctx;
 } entra_key;
 
 typedef struct entra_keyset {
