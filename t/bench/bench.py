@@ -737,7 +737,20 @@ class Httpd:
     @staticmethod
     def _memory(pid: int) -> dict:
         st = proc_status(pid)
-        return {"rss_kib": kib(st, "VmRSS"), "anon_kib": kib(st, "RssAnon"), "shmem_kib": kib(st, "RssShmem")}
+        out = {"rss_kib": kib(st, "VmRSS"), "anon_kib": kib(st, "RssAnon"), "shmem_kib": kib(st, "RssShmem")}
+        roll = {}
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    k, _, v = line.partition(":")
+                    if v.strip().endswith("kB"):
+                        roll[k] = int(v.split()[0])
+        except OSError:
+            pass
+        out["pss_kib"] = roll.get("Pss")
+        out["private_kib"] = (roll["Private_Clean"] + roll["Private_Dirty"]
+                              if "Private_Clean" in roll and "Private_Dirty" in roll else None)
+        return out
 
     def memory_all(self) -> dict:
         """{pid: memory} of every child (servers with several)."""
@@ -1331,20 +1344,27 @@ def report(cases: list[Case], floor: Case | None, tokens: "Tokens | None"):
     # Memory.
     log()
     mrows = [("memory (child)", "RSS warm", "RSS run1", "RSS run2", "run2-run1", "anon run1", "anon run2",
-              "vs floor", "run2 req/s")]
+              "vs floor", "PSS", "private", "private vs floor", "run2 req/s")]
     for c in cases:
         if not c.mem.get("run1"):
             continue
         w, r1, r2 = c.mem.get("warm", {}), c.mem["run1"], c.mem.get("run2")
         growth = "-" if not r2 else f"{(r2['rss_kib'] - r1['rss_kib']) / 1024:+.1f}"
         vs = "-" if not floor_mem or c is floor else f"{(r1['rss_kib'] - floor_mem['rss_kib']) / 1024:+.1f}"
+        pvs = "-"
+        if floor_mem and c is not floor and r1.get("private_kib") is not None \
+                and floor_mem.get("private_kib") is not None:
+            pvs = f"{(r1['private_kib'] - floor_mem['private_kib']) / 1024:+.1f}"
         mrows.append((c.name, mib(w.get("rss_kib")), mib(r1["rss_kib"]), mib(r2 and r2["rss_kib"]), growth,
-                      mib(r1["anon_kib"]), mib(r2 and r2["anon_kib"]), vs,
-                      f"{c.second['rps']:.0f}" if c.second else "-"))
+                      mib(r1["anon_kib"]), mib(r2 and r2["anon_kib"]), vs, mib(r1.get("pss_kib")),
+                      mib(r1.get("private_kib")), pvs, f"{c.second['rps']:.0f}" if c.second else "-"))
     print_table(mrows)
     log("(MiB. RSS = VmRSS of the httpd child: after the warm-up, after the measured run, after a "
         "second run of the same length; anon = RssAnon, its private heap; 'vs floor' = RSS after "
-        "run 1 minus the floor child's; proxy-cold: its largest child after the burst, with "
+        "run 1 minus the floor child's; PSS and private (Private_Clean + Private_Dirty) from "
+        "smaps_rollup after run 1: RSS counts every shared library page the child touched (libcrypto, "
+        "libcurl and its dependencies) and its share of shared memory in full, private only what "
+        "no other process shares; proxy-cold: its largest child after the burst, with "
         f"{COLD_MPM['ThreadsPerChild']} threads instead of {ARGS.threads_per_child})")
 
 
