@@ -1,4 +1,4 @@
-/* Strict, pool-owned JSON on top of jansson. */
+/* Strict, pool-owned JSON: our own parser (entra_json.c) building jansson values. */
 #ifndef ENTRA_JSON_H
 #define ENTRA_JSON_H
 
@@ -6,7 +6,7 @@
 #include <jansson.h>
 
 /* Parses untrusted JSON: at most `max` bytes, duplicate keys rejected, the whole buffer
- * consumed, and the top level an object. The reference belongs to pool `p` (released by
+ * consumed, the top level an object, \u0000 refused, at most 256 levels deep. The reference belongs to pool `p` (released by
  * a pool cleanup). On failure returns APR_EINVAL and sets *why to a short reason. */
 apr_status_t entra_json_parse_object(apr_pool_t *p, const char *buf, apr_size_t len,
                                      apr_size_t max, json_t **out, const char **why);

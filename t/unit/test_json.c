@@ -1,6 +1,8 @@
 /* entra_json_parse_object and its helpers: strict, pool-owned JSON. */
 #include "unit.h"
 
+#include <limits.h>
+
 #include "entra_json.h"
 
 #define BIG 1000000
@@ -230,6 +232,187 @@ static void test_str_and_dump(void)
     CHECK_STR_EQ(entra_json_dump(up, j), "{\"a\":[1,2]}");
 }
 
+static void test_numbers_and_strings(void)
+{
+    json_t *j = NULL;
+    const char *why;
+
+    CHECK_INT_EQ(parse("{\"max\":9223372036854775807,\"min\":-9223372036854775808,\"z\":-0}", &j, &why),
+                 APR_SUCCESS);
+    CHECK(json_integer_value(json_object_get(j, "max")) == LLONG_MAX);
+    CHECK(json_integer_value(json_object_get(j, "min")) == LLONG_MIN);
+    CHECK(json_is_integer(json_object_get(j, "z")) && json_integer_value(json_object_get(j, "z")) == 0);
+    CHECK(REFUSED("{\"a\":9223372036854775808}"));
+    CHECK(REFUSED("{\"a\":-9223372036854775809}"));
+    CHECK(REFUSED("{\"a\":1e400}"));
+    CHECK(REFUSED("{\"a\":-1e400}"));
+    CHECK(REFUSED("{\"a\":1.}"));
+    CHECK(REFUSED("{\"a\":.5}"));
+    CHECK(REFUSED("{\"a\":+1}"));
+    CHECK(REFUSED("{\"a\":1e}"));
+    CHECK(REFUSED("{\"a\":-}"));
+    CHECK(REFUSED("{\"a\":tru}"));
+    CHECK(REFUSED("{\"a\":truex}"));
+    CHECK_INT_EQ(parse("{\"a\":1e-400,\"b\":2.5E+3,\"c\":1.25}", &j, &why), APR_SUCCESS);
+    CHECK(json_is_real(json_object_get(j, "a")) && json_real_value(json_object_get(j, "a")) == 0.0);
+    CHECK(json_real_value(json_object_get(j, "b")) == 2500.0);
+    CHECK(json_real_value(json_object_get(j, "c")) == 1.25);
+    /* A surrogate pair is one code point; 4-byte UTF-8 passes through. */
+    CHECK_INT_EQ(parse("{\"e\":\"\\ud83d\\ude00\",\"r\":\"\xf0\x9f\x98\x80\"}", &j, &why), APR_SUCCESS);
+    CHECK_STR_EQ(entra_json_str(j, "e"), "\xf0\x9f\x98\x80");
+    CHECK_STR_EQ(entra_json_str(j, "r"), "\xf0\x9f\x98\x80");
+    CHECK(REFUSED("{\"a\":\"\\udc00\"}"));             /* low surrogate alone */
+    CHECK(REFUSED("{\"a\":\"\\ud800\\u0041\"}"));      /* high surrogate, then no low one */
+    CHECK(REFUSED("{\"a\":\"\xc0\xaf\"}"));            /* overlong */
+    CHECK(REFUSED("{\"a\":\"\xed\xa0\x80\"}"));        /* UTF-8 encoded surrogate */
+    CHECK(REFUSED("{\"a\":\"\xf4\x90\x80\x80\"}"));    /* above U+10FFFF */
+    CHECK(REFUSED("{\"a\":\"\xe2\x82\"}"));            /* truncated */
+    CHECK(REFUSED("{\"a\":\"\\x41\"}"));               /* unknown escape */
+    CHECK(REFUSED("{\"a\":\"\\u00g1\"}"));
+    CHECK(REFUSED("{\"a\":\"abc"));
+    CHECK(REFUSED("{\"a\":\"abc\\"));
+    CHECK(REFUSED("\xef\xbb\xbf{}"));                  /* no byte order mark */
+    /* Escaped keys and values of every kind, decoded. */
+    CHECK_INT_EQ(parse("{\"k\\t\\\"\":\"\\b\\f\\n\\r\\t\\\\\\/\\u20ac\"}", &j, &why), APR_SUCCESS);
+    CHECK_STR_EQ(entra_json_str(j, "k\t\""), "\b\f\n\r\t\\/\xe2\x82\xac");
+}
+
+/* The parser against jansson's own loader on generated documents: same verdict, same
+ * values (both refuse \u0000; depth stays far below both limits). */
+static unsigned long long rng_state = 0x2545f4914f6cdd1dULL;
+static unsigned rnd(unsigned n)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (unsigned)(rng_state % n);
+}
+
+static const char *const atoms[] = {
+    "0", "-0", "1", "-1", "42", "3.25", "-2.5e-3", "1E+2", "9223372036854775807",
+    "-9223372036854775808", "1e-400", "true", "false", "null", "\"\"", "\"abc\"",
+    "\"\\u00e9t\\u00e9\"", "\"\\ud83d\\ude00\"", "\"a\\nb\\\"c\\\\\"", "\"\xc3\xa9\"",
+    "\"\xf0\x9f\x98\x80\"", "\"\\/\"",
+};
+static const char *const bad_atoms[] = {
+    "9223372036854775808", "1e400", "01", "1.", ".5", "\"\\ud800\"", "\"\\u0000\"", "\"\xff\"",
+    "\"\xed\xa0\x80\"", "\"tab\there\"",
+};
+static const char *const keys[] = {"\"a\"", "\"b\"", "\"\\u0061\"", "\"aud\"", "\"\"", "\"k\\u00e9\"",
+                                   "\"roles\"", "\"a\\u0000\""};
+static const char *const noise[] = {"{", "}", "[", "]", ",", ":", "\"", "\\", " ", "\n", "0", "e",
+                                    "-", ".", "\x01", "\xc3", "\0", "u", "t", "n"};
+
+static void gen(apr_pool_t *p, char **buf, apr_size_t *n, apr_size_t cap, int depth, int top)
+{
+    unsigned i, k, c = top ? 0 : depth > 3 ? 2 : rnd(3);
+#define EMIT(str)                                                                                  \
+    do {                                                                                           \
+        const char *s_ = (str);                                                                    \
+        apr_size_t l_ = strlen(s_);                                                                \
+        if (*n + l_ < cap) {                                                                       \
+            memcpy(*buf + *n, s_, l_);                                                             \
+            *n += l_;                                                                              \
+        }                                                                                          \
+    } while (0)
+    if (c == 0) {
+        EMIT("{");
+        k = rnd(5);
+        for (i = 0; i < k; i++) {
+            if (i)
+                EMIT(rnd(2) ? "," : " , ");
+            EMIT(keys[rnd(16) ? rnd(sizeof(keys) / sizeof(keys[0]) - 1) : sizeof(keys) / sizeof(keys[0]) - 1]);
+            EMIT(rnd(2) ? ":" : " :\t");
+            gen(p, buf, n, cap, depth + 1, 0);
+        }
+        EMIT("}");
+    }
+    else if (c == 1) {
+        EMIT("[");
+        k = rnd(5);
+        for (i = 0; i < k; i++) {
+            if (i)
+                EMIT(",");
+            gen(p, buf, n, cap, depth + 1, 0);
+        }
+        EMIT(rnd(2) ? "]" : " ]");
+    }
+    else if (rnd(16))
+        EMIT(atoms[rnd(sizeof(atoms) / sizeof(atoms[0]))]);
+    else
+        EMIT(bad_atoms[rnd(sizeof(bad_atoms) / sizeof(bad_atoms[0]))]);
+#undef EMIT
+}
+
+static void test_agrees_with_jansson(void)
+{
+    apr_pool_t *p;
+    unsigned i, accepted = 0, refused_n = 0, dups = 0, disagree = 0, nul_docs = 0;
+    char first[200] = "";
+
+    apr_pool_create(&p, up);
+    for (i = 0; i < 200000; i++) {
+        char *buf = apr_palloc(p, 2048);
+        apr_size_t n = 0, m;
+        json_t *ours = NULL, *theirs;
+        json_error_t err;
+        const char *why = NULL;
+        int ok_ours, ok_theirs, dup_theirs;
+
+        gen(p, &buf, &n, 2000, 0, 1);
+        /* Half the documents get a few random edits. */
+        for (m = rnd(2) ? 0 : 1 + rnd(3); m > 0 && n > 0; m--) {
+            apr_size_t at = rnd((unsigned)n);
+            const char *t = noise[rnd(sizeof(noise) / sizeof(noise[0]))];
+            apr_size_t tl = t[0] ? strlen(t) : 1;
+            switch (rnd(3)) {
+            case 0: /* delete a byte */
+                memmove(buf + at, buf + at + 1, n - at - 1);
+                n--;
+                break;
+            case 1: /* insert */
+                if (n + tl < 2000) {
+                    memmove(buf + at + tl, buf + at, n - at);
+                    memcpy(buf + at, t, tl);
+                    n += tl;
+                }
+                break;
+            default: /* replace */
+                buf[at] = t[0];
+            }
+        }
+        ok_ours = entra_json_parse_object(p, buf, n, BIG, &ours, &why) == APR_SUCCESS;
+        theirs = json_loadb(buf, n, JSON_REJECT_DUPLICATES, &err);
+        dup_theirs = !theirs && json_error_code(&err) == json_error_duplicate_key;
+        ok_theirs = theirs && json_is_object(theirs);
+        if (memchr(buf, 0, n)) {
+            /* jansson's reader skips a NUL byte in some places (it ends its look-ahead
+             * buffer); we refuse NUL bytes everywhere. */
+            nul_docs++;
+            if (ok_ours && !disagree++)
+                snprintf(first, sizeof(first), "a document with a NUL byte was accepted");
+        }
+        else if (ok_ours != ok_theirs || (ok_ours && !json_equal(ours, theirs)) ||
+            (!ok_ours && dup_theirs != (why && strcmp(why, "duplicate JSON member") == 0))) {
+            if (!disagree++)
+                snprintf(first, sizeof(first), "ours %d (%s), jansson %d (%s): %.*s", ok_ours,
+                         why ? why : "-", ok_theirs, theirs ? "-" : err.text, (int)(n > 120 ? 120 : n),
+                         buf);
+        }
+        accepted += (unsigned)ok_ours;
+        refused_n += (unsigned)!ok_ours;
+        dups += (unsigned)dup_theirs;
+        json_decref(theirs);
+        if (i % 1000 == 999)
+            apr_pool_clear(p);
+    }
+    apr_pool_destroy(p);
+    CHECK_MSG(disagree == 0, "%u of 200000 documents judged differently; first: %s", disagree, first);
+    CHECK_MSG(accepted > 10000 && refused_n > 10000 && dups > 1000 && nul_docs > 1000,
+              "the generator should produce all kinds: %u accepted, %u refused, %u duplicates, "
+              "%u with NUL bytes", accepted, refused_n, dups, nul_docs);
+}
+
 int main(void)
 {
     unit_begin("test_json");
@@ -244,5 +427,7 @@ int main(void)
     RUN(test_pool_owns_reference);
     RUN(test_pool_own);
     RUN(test_str_and_dump);
+    RUN(test_numbers_and_strings);
+    RUN(test_agrees_with_jansson);
     return unit_end();
 }
