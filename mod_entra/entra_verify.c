@@ -196,7 +196,10 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
         ve.until = cache_until(v, jwt->claims);
         entra_vtab_put(v->vtab, md, tag, &ve, now);
     }
-    if (v->l1)
+    /* A token's claims enter the per-process cache on its second sight (a table hit
+     * above): a stream of one-off tokens then never evicts the tokens callers reuse, and
+     * its claims are freed by the thread that made them, at the end of the request. */
+    if (v->l1 && !v->vtab)
         entra_l1_put(v->l1, md, v->source, jwt->claims, (int)jwt->alg,
                      cache_until(v, jwt->claims));
 done:

@@ -770,6 +770,19 @@ class Httpd:
                               if "Private_Clean" in roll and "Private_Dirty" in roll else None)
         return out
 
+    def cpu_ticks(self) -> int | None:
+        """User + system clock ticks of all children so far (per-request CPU cost)."""
+        total = 0
+        for pid in children_of(self.proc.pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                return None
+            fields = stat[stat.rfind(")") + 2:].split()
+            total += int(fields[11]) + int(fields[12])
+        return total
+
     def memory_all(self) -> dict:
         """{pid: memory} of every child (servers with several)."""
         return {pid: self._memory(pid) for pid in children_of(self.proc.pid)}
@@ -1084,7 +1097,11 @@ def run_case(case: Case, fake: Fake, tokens: Tokens, htdocs: str, floor_rps: flo
         mode, file = load_source(case, tokens, warm["rps"], ARGS.duration, margin=1.3)
         lines0 = srv.log_lines()
         before = fetch_counts(case, fake)
+        cpu0 = srv.cpu_ticks()
         case.result = run_wrk(url, mode, file, ARGS.duration)
+        cpu1 = srv.cpu_ticks()
+        if cpu0 is not None and cpu1 is not None and case.result["requests"]:
+            case.result["cpu_us"] = (cpu1 - cpu0) / os.sysconf("SC_CLK_TCK") * 1e6 / case.result["requests"]
         case.mem["run1"] = srv.memory()
         if before is not None:
             after = fetch_counts(case, fake)
@@ -1274,10 +1291,11 @@ def report(cases: list[Case], floor: Case | None, tokens: "Tokens | None"):
             "of the machine's drift and noise during the run")
         log()
     by_name = {c.name: c for c in cases}
-    rows = [("case", "req/s", "p50 ms", "p99 ms", "statuses", "RSS MiB", "ratio", "own ratio", "target")]
+    rows = [("case", "req/s", "p50 ms", "p99 ms", "statuses", "RSS MiB", "httpd CPU us/req", "ratio",
+             "own ratio", "target")]
     for c in cases:
         if c.result is None:
-            rows.append((c.name, "-", "-", "-", "-", "-", "-", "-", c.status if c.status != "ok" else "-"))
+            rows.append((c.name, "-", "-", "-", "-", "-", "-", "-", "-", c.status if c.status != "ok" else "-"))
             continue
         r = c.result
         ratio = r["rps"] / floor_rps if floor_rps and r["rps"] is not None else None
@@ -1304,6 +1322,7 @@ def report(cases: list[Case], floor: Case | None, tokens: "Tokens | None"):
             tgt = "FAIL"
         rows.append((c.name, "-" if r["rps"] is None else f"{r['rps']:.0f}", f"{r['p50'] / 1000:.2f}",
                      f"{r['p99'] / 1000:.2f}", fmt_statuses(r), mib(c.mem.get("run1", {}).get("rss_kib")),
+                     f"{r['cpu_us']:.1f}" if r.get("cpu_us") else "-",
                      "-" if ratio is None else f"{ratio:.3f}",
                      "-" if own is None else f"{own:.3f} of {c.ref}", tgt))
     print_table(rows)
