@@ -1405,12 +1405,14 @@ def report(cases: list[Case], floor: Case | None, tokens: "Tokens | None"):
             pvs = f"{(r1['private_kib'] - floor_mem['private_kib']) / 1024:+.1f}"
         mrows.append((c.name, mib(w.get("rss_kib")), mib(r1["rss_kib"]), mib(r2 and r2["rss_kib"]), growth,
                       mib(r1["anon_kib"]), mib(r2 and r2["anon_kib"]), vs, mib(r1.get("pss_kib")),
-                      mib(r1.get("private_kib")), pvs, f"{c.second['rps']:.0f}" if c.second else "-"))
+                      mib(r1.get("private_kib")), pvs,
+                      (f"{c.second['rps']:.0f}" + ("*" if c.second.get("wraps") else "")) if c.second else "-"))
     print_table(mrows)
     log("(MiB. RSS = VmRSS of the httpd child: after the warm-up, after the measured run, after a "
         "second run of the same length; anon = RssAnon, its private heap; 'vs floor' = RSS after "
         "run 1 minus the floor child's; PSS and private (Private_Clean + Private_Dirty) from "
-        "smaps_rollup after run 1: RSS counts every shared library page the child touched (libcrypto, "
+        "smaps_rollup after run 1; run2 req/s marked * reused tokens of its slice (see the notes), so it "
+        "measures memory, not speed: RSS counts every shared library page the child touched (libcrypto, "
         "libcurl and its dependencies) and its share of shared memory in full, private only what "
         "no other process shares; proxy-cold: its largest child after the burst, with "
         f"{COLD_MPM['ThreadsPerChild']} threads instead of {ARGS.threads_per_child})")
