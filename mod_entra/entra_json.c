@@ -20,7 +20,7 @@
 typedef struct {
     const unsigned char *p, *end;
     char *scratch; /* bump space for keys and decoded strings, LIFO like the recursion */
-    apr_size_t top, cap;
+    apr_size_t top;
     int dup;       /* failed on a duplicate member */
 } parser;
 
@@ -425,8 +425,9 @@ static json_t *load(apr_pool_t *p, const char *buf, apr_size_t len, int *duplica
     memset(&s, 0, sizeof(s));
     s.p = (const unsigned char *)buf;
     s.end = s.p + len;
-    s.cap = len + 8; /* every scratch byte stands for a byte of the document */
-    s.scratch = apr_palloc(p, s.cap);
+    /* Every scratch byte in use stands for a byte of the document (keys and strings lose
+     * their quotes, escapes shrink, a number's copy gains one NUL). */
+    s.scratch = apr_palloc(p, len + 8);
     skip_ws(&s);
     j = s.p < s.end && (*s.p == '{' || *s.p == '[') ? parse_value(&s, 1) : NULL;
     if (j) {

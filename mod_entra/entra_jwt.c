@@ -4,6 +4,7 @@
 #include "entra_b64url.h"
 #include "entra_json.h"
 #include "entra_jwt.h"
+#include "entra_vtab.h"
 
 #define MAX_HEADER_JSON 2048
 
@@ -102,12 +103,12 @@ apr_status_t entra_jwt_parse(apr_pool_t *p, const char *token, apr_size_t len,
 apr_status_t entra_jwt_verify(const entra_jwt *jwt, const entra_key *key, const char **why)
 {
     if (!entra_alg_fits_key(jwt->alg, key)) {
-        *why = "token algorithm does not match the signing key";
+        *why = ENTRA_WHY_ALG_NOT_KEY;
         return APR_EINVAL;
     }
     if (entra_sig_verify(jwt->alg, key, (const unsigned char *)jwt->signing_input,
                          jwt->signing_input_len, jwt->sig, jwt->sig_len) != APR_SUCCESS) {
-        *why = "invalid signature";
+        *why = ENTRA_WHY_BAD_SIGNATURE;
         return APR_EINVAL;
     }
     return APR_SUCCESS;

@@ -5,6 +5,7 @@
 
 #include "entra_json.h"
 #include "entra_keys.h"
+#include "entra_vtab.h"
 #include "entra_log.h"
 
 #define RECORD_MAX (64 * 1024)    /* compact key record in the store */
@@ -28,6 +29,7 @@ apr_status_t entra_source_create(apr_pool_t *p, const char *id, const char *meta
 {
     entra_source *src = apr_pcalloc(p, sizeof(*src));
     src->id = apr_pstrdup(p, id);
+    src->tag = entra_vtab_tag(src->id);
     src->meta_v2 = apr_pstrdup(p, meta_v2);
     src->meta_v1 = meta_v1 ? apr_pstrdup(p, meta_v1) : NULL;
     src->entra = entra;

@@ -24,6 +24,7 @@ typedef struct entra_keys_snapshot {
 
 typedef struct entra_source {
     const char *id;      /* store key prefix, unique per source */
+    apr_uint64_t tag;    /* entra_vtab_tag(id): the source in the verdict table */
     const char *meta_v2; /* discovery document (v2, or the custom metadata URL) */
     const char *meta_v1; /* Entra v1 discovery document, or NULL */
     int entra;           /* Entra issuer rules apply */

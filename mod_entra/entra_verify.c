@@ -127,7 +127,7 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
         }
     }
     if (v->vtab) {
-        tag = entra_vtab_tag(v->source->id);
+        tag = v->source->tag;
         if (entra_vtab_get(v->vtab, md, tag, now, &ve)) {
             if (ve.kind == ENTRA_VT_INVALID) {
                 res->cached = 1;

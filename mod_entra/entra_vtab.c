@@ -28,8 +28,8 @@ struct entra_vtab {
 
 static const char *const reasons[] = {
     NULL,
-    "invalid signature",
-    "token algorithm does not match the signing key",
+    ENTRA_WHY_BAD_SIGNATURE,
+    ENTRA_WHY_ALG_NOT_KEY,
 };
 
 static unsigned buckets_for(unsigned entries)
@@ -195,7 +195,7 @@ int entra_vtab_reason_code(const char *why)
 const char *entra_vtab_reason(int code)
 {
     if (code < 1 || code >= (int)(sizeof(reasons) / sizeof(reasons[0])))
-        return "invalid signature";
+        return ENTRA_WHY_BAD_SIGNATURE;
     return reasons[code];
 }
 

@@ -20,6 +20,10 @@
 #define ENTRA_VTAB_SLOT_SIZE 96
 #define ENTRA_VTAB_WAYS 4
 
+/* The signature failures a slot can remember (entra_jwt_verify's reasons). */
+#define ENTRA_WHY_BAD_SIGNATURE "invalid signature"
+#define ENTRA_WHY_ALG_NOT_KEY "token algorithm does not match the signing key"
+
 typedef struct entra_vtab entra_vtab;
 
 typedef enum { ENTRA_VT_NONE = 0, ENTRA_VT_VALID = 1, ENTRA_VT_INVALID = 2 } entra_vt_kind;
@@ -38,7 +42,7 @@ typedef struct entra_vtab_entry {
  * of a power-of-two count, at least one). */
 apr_size_t entra_vtab_bytes(unsigned entries);
 
-/* A table over `mem` (`bytes` from entra_vtab_bytes, 64-byte aligned, zero-filled by the
+/* A table over `mem` (`bytes` from entra_vtab_bytes, 8-byte aligned, zero-filled by the
  * caller; shared memory keeps its contents across attaches). The handle lives in `p`;
  * `seed` keys the bucket choice so a caller cannot aim tokens at one bucket. */
 entra_vtab *entra_vtab_attach(apr_pool_t *p, void *mem, apr_size_t bytes, apr_uint64_t seed);

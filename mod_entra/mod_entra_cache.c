@@ -1,4 +1,5 @@
-/* The shared store on httpd's socache (shmcb by default) guarded by one global mutex. */
+/* Shared state of the machine: the store on httpd's socache (shmcb by default) guarded by
+ * one global mutex (keys, leases, outbound tokens), and the lock-free verdict table. */
 #include <string.h>
 
 #include <httpd.h>
