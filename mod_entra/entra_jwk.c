@@ -303,6 +303,26 @@ static void copy_members(json_t *dst, const json_t *src, const char *const *name
     }
 }
 
+/* See entra_key.tag; 0 only when the key cannot be encoded (such a key is not used). */
+static apr_uint64_t key_tag(const char *kid, const char *issuer, EVP_PKEY *pkey)
+{
+    unsigned char *der = NULL, md[32];
+    int n = i2d_PUBKEY(pkey, &der);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    apr_uint64_t tag = 0;
+    unsigned int mdlen = 0;
+
+    if (n > 0 && ctx && EVP_DigestInit_ex(ctx, entra_md_sha256(), NULL) &&
+        EVP_DigestUpdate(ctx, kid, strlen(kid) + 1) &&
+        EVP_DigestUpdate(ctx, issuer ? issuer : "", issuer ? strlen(issuer) + 1 : 1) &&
+        EVP_DigestUpdate(ctx, der, (size_t)n) && EVP_DigestFinal_ex(ctx, md, &mdlen) &&
+        mdlen == sizeof(md))
+        memcpy(&tag, md, sizeof(tag));
+    EVP_MD_CTX_free(ctx);
+    OPENSSL_free(der);
+    return tag;
+}
+
 apr_status_t entra_keyset_from_jwks(apr_pool_t *p, const json_t *jwks, const char *origin,
                                     entra_keyset **out, const char **why)
 {
@@ -367,6 +387,11 @@ apr_status_t entra_keyset_from_jwks(apr_pool_t *p, const json_t *jwks, const cha
         key.issuer = entra_json_str(jwk, "issuer") ? apr_pstrdup(p, entra_json_str(jwk, "issuer"))
                                                    : NULL;
         key.crv = ci >= 0 ? curves[ci].crv : NULL;
+        if (!(key.tag = key_tag(key.kid, key.issuer, key.pkey))) {
+            entra_log(ENTRA_LOG_INFO, "ENTRA0101: %s: key %s ignored: cannot encode it", origin,
+                      kid);
+            continue;
+        }
         *(entra_key *)apr_array_push(ks->keys) = key;
         c = json_object();
         copy_members(c, jwk, key.is_rsa ? rsa_members : ec_members);
@@ -378,6 +403,17 @@ apr_status_t entra_keyset_from_jwks(apr_pool_t *p, const json_t *jwks, const cha
     }
     *out = ks;
     return APR_SUCCESS;
+}
+
+const entra_key *entra_keyset_find_tag(const entra_keyset *ks, apr_uint64_t tag)
+{
+    int i;
+    for (i = 0; ks && tag && i < ks->keys->nelts; i++) {
+        const entra_key *k = &APR_ARRAY_IDX(ks->keys, i, entra_key);
+        if (k->tag == tag)
+            return k;
+    }
+    return NULL;
 }
 
 const entra_key *entra_keyset_find(const entra_keyset *ks, const char *kid)

@@ -36,6 +36,9 @@ typedef struct entra_key {
     /* Per algorithm, a verification context made on first use and duplicated for each
      * signature (cheaper than a new one: no provider lookups); NULL array: none kept. */
     EVP_PKEY_CTX **verify_ctx;
+    /* 64 bits of SHA-256 over kid, issuer and the public key (SPKI): the identity that
+     * cached verdicts are bound to, so a withdrawn or replaced key ends them. */
+    apr_uint64_t tag;
 } entra_key;
 
 typedef struct entra_keyset {
@@ -51,6 +54,9 @@ apr_status_t entra_keyset_from_jwks(apr_pool_t *p, const json_t *jwks, const cha
 
 /* The key with this kid, or NULL. */
 const entra_key *entra_keyset_find(const entra_keyset *ks, const char *kid);
+
+/* The key whose tag is `tag`, or NULL: is the key a verdict was made with still published? */
+const entra_key *entra_keyset_find_tag(const entra_keyset *ks, apr_uint64_t tag);
 
 /* True when `alg` may be used with this key (RSA for RS and PS, the matching curve for ES). */
 int entra_alg_fits_key(entra_alg alg, const entra_key *key);

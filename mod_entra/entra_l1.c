@@ -9,6 +9,7 @@ typedef struct {
     const void *ns;
     json_t *claims; /* NULL when empty */
     int alg;
+    apr_uint64_t key;
     apr_int64_t expiry;
 } slot_t;
 
@@ -45,7 +46,7 @@ static slot_t *slot_of(entra_l1 *l1, const unsigned char *hash)
 }
 
 json_t *entra_l1_get(entra_l1 *l1, apr_pool_t *p, const unsigned char *hash, const void *ns,
-                     apr_int64_t now, int *alg)
+                     apr_int64_t now, int *alg, apr_uint64_t *key)
 {
     slot_t *s = slot_of(l1, hash);
     json_t *c = NULL;
@@ -55,13 +56,14 @@ json_t *entra_l1_get(entra_l1 *l1, apr_pool_t *p, const unsigned char *hash, con
         memcmp(s->hash, hash, ENTRA_L1_HASH_LEN) == 0) {
         c = json_incref(s->claims);
         *alg = s->alg;
+        *key = s->key;
     }
     apr_thread_mutex_unlock(l1->mu);
     return c ? entra_json_pool_own(p, c) : NULL;
 }
 
 void entra_l1_put(entra_l1 *l1, const unsigned char *hash, const void *ns, json_t *claims,
-                  int alg, apr_int64_t expiry)
+                  int alg, apr_uint64_t key, apr_int64_t expiry)
 {
     slot_t *s = slot_of(l1, hash);
     json_t *old;
@@ -73,6 +75,7 @@ void entra_l1_put(entra_l1 *l1, const unsigned char *hash, const void *ns, json_
     s->ns = ns;
     s->claims = claims;
     s->alg = alg;
+    s->key = key;
     s->expiry = expiry;
     apr_thread_mutex_unlock(l1->mu);
     json_decref(old);

@@ -13,12 +13,14 @@ typedef struct entra_l1 entra_l1;
 apr_status_t entra_l1_create(apr_pool_t *p, unsigned slots, entra_l1 **out);
 
 /* Claims cached for (hash, ns) and live at `now`, with a new reference owned by pool `p`,
- * and the token's signature algorithm in *alg; NULL otherwise. */
+ * the token's signature algorithm in *alg and the tag of the key that verified it in *key;
+ * NULL otherwise. */
 json_t *entra_l1_get(entra_l1 *l1, apr_pool_t *p, const unsigned char *hash, const void *ns,
-                     apr_int64_t now, int *alg);
+                     apr_int64_t now, int *alg, apr_uint64_t *key);
 
-/* Caches `claims` (takes its own reference) and the token's `alg` until `expiry` (s). */
+/* Caches `claims` (takes its own reference), the token's `alg` and the verifying key's tag
+ * until `expiry` (s). */
 void entra_l1_put(entra_l1 *l1, const unsigned char *hash, const void *ns, json_t *claims,
-                  int alg, apr_int64_t expiry);
+                  int alg, apr_uint64_t key, apr_int64_t expiry);
 
 #endif

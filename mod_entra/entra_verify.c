@@ -25,28 +25,45 @@ static void set_fail(entra_verify_result *res, entra_verify_outcome o, const cha
     res->why = why;
 }
 
-/* Claims from a cache hit pass the route's policy again: time moves and routes differ. */
-static void recheck(apr_pool_t *p, const entra_verifier *v, json_t *claims, int alg,
-                    apr_int64_t now, entra_verify_result *res)
+/* Claims from a cache hit pass the route's policy again: time moves and routes differ.
+ * Returns 0, deciding nothing, when the key that verified the token is no longer
+ * published: a cached verdict is only as good as its key. */
+static int recheck(apr_pool_t *p, const entra_verifier *v, json_t *claims, int alg,
+                   apr_uint64_t key_tag, apr_int64_t now, entra_verify_result *res)
 {
     entra_keys_snapshot *snap;
     const char *why;
 
-    res->claims = claims;
-    res->cached = 1;
     /* Routes sharing keys may allow different algorithms. */
     if (alg <= ENTRA_ALG_UNKNOWN || alg > ENTRA_ALG_ES512 ||
         !(v->policy.alg_mask & ENTRA_ALG_BIT((entra_alg)alg))) {
+        res->claims = claims;
+        res->cached = 1;
         set_fail(res, ENTRA_VERIFY_INVALID, "token algorithm not allowed");
-        return;
+        return 1;
     }
     if (entra_source_acquire(v->source, p, &snap, &why) != APR_SUCCESS) {
+        res->claims = claims;
         set_fail(res, ENTRA_VERIFY_UNAVAILABLE, why);
-        return;
+        return 1;
     }
+    if (!entra_keyset_find_tag(snap->ks, key_tag)) {
+        entra_snapshot_release(snap);
+        return 0;
+    }
+    res->claims = claims;
+    res->cached = 1;
     if (entra_policy_check(p, &v->policy, &snap->iss, claims, now, &why) != APR_SUCCESS)
         set_fail(res, ENTRA_VERIFY_INVALID, why);
     entra_snapshot_release(snap);
+    return 1;
+}
+
+/* Where a good signature is remembered: the source and the key together, so that only
+ * the key that verified it can find it again. Bad signatures are remembered per source. */
+static apr_uint64_t valid_tag(apr_uint64_t source_tag, const entra_key *key)
+{
+    return source_tag ^ (key->tag * 0x9e3779b97f4a7c15ULL) ^ 1;
 }
 
 /* Who a rejected token claimed to be, as the log line names it: app and object id. */
@@ -88,7 +105,6 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
     const char *why;
     apr_uint64_t tag = 0;
     entra_vtab_entry ve;
-    int known_good = 0;
     entra_jwt *jwt;
     entra_keys_snapshot *snap = NULL, *newer;
     const entra_key *key;
@@ -120,22 +136,18 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
     }
     if (v->l1) {
         int alg = ENTRA_ALG_UNKNOWN;
-        json_t *claims = entra_l1_get(v->l1, p, md, v->source, now, &alg);
-        if (claims) {
-            recheck(p, v, claims, alg, now, res);
+        apr_uint64_t key_tag = 0;
+        json_t *claims = entra_l1_get(v->l1, p, md, v->source, now, &alg, &key_tag);
+        if (claims && recheck(p, v, claims, alg, key_tag, now, res))
             return;
-        }
     }
     if (v->vtab) {
         tag = v->source->tag;
-        if (entra_vtab_get(v->vtab, md, tag, now, &ve)) {
-            if (ve.kind == ENTRA_VT_INVALID) {
-                res->cached = 1;
-                res->claims = recall_who(p, &ve);
-                set_fail(res, ENTRA_VERIFY_INVALID, entra_vtab_reason(ve.reason));
-                return;
-            }
-            known_good = 1; /* the signature; the claims are this route's to judge */
+        if (entra_vtab_get(v->vtab, md, tag, now, &ve) && ve.kind == ENTRA_VT_INVALID) {
+            res->cached = 1;
+            res->claims = recall_who(p, &ve);
+            set_fail(res, ENTRA_VERIFY_INVALID, entra_vtab_reason(ve.reason));
+            return;
         }
     }
     if (entra_jwt_parse(p, token, len, v->policy.alg_mask, &jwt, &why) != APR_SUCCESS) {
@@ -143,13 +155,6 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
         return;
     }
     res->claims = jwt->claims;
-    if (known_good) {
-        if (v->l1)
-            entra_l1_put(v->l1, md, v->source, jwt->claims, (int)jwt->alg,
-                         cache_until(v, jwt->claims));
-        recheck(p, v, jwt->claims, (int)jwt->alg, now, res);
-        return;
-    }
     if (entra_source_acquire(v->source, p, &snap, &why) != APR_SUCCESS) {
         set_fail(res, ENTRA_VERIFY_UNAVAILABLE, why);
         return;
@@ -174,6 +179,15 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
         set_fail(res, ENTRA_VERIFY_INVALID, "signing key belongs to another issuer");
         goto done;
     }
+    if (v->vtab && entra_vtab_get(v->vtab, md, valid_tag(tag, key), now, &ve) &&
+        ve.kind == ENTRA_VT_VALID && ve.alg == (int)jwt->alg) {
+        /* This very key verified this very token before: the signature holds. */
+        res->cached = 1;
+        if (v->l1)
+            entra_l1_put(v->l1, md, v->source, jwt->claims, (int)jwt->alg, key->tag,
+                         cache_until(v, jwt->claims));
+        goto done;
+    }
     if (entra_jwt_verify(jwt, key, &why) != APR_SUCCESS) {
         set_fail(res, ENTRA_VERIFY_INVALID, why);
         /* A signature never becomes valid: remember it so floods of one bad token are cheap,
@@ -194,13 +208,13 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
         ve.kind = ENTRA_VT_VALID;
         ve.alg = (int)jwt->alg;
         ve.until = cache_until(v, jwt->claims);
-        entra_vtab_put(v->vtab, md, tag, &ve, now);
+        entra_vtab_put(v->vtab, md, valid_tag(tag, key), &ve, now);
     }
     /* A token's claims enter the per-process cache on its second sight (a table hit
      * above): a stream of one-off tokens then never evicts the tokens callers reuse, and
      * its claims are freed by the thread that made them, at the end of the request. */
     if (v->l1 && !v->vtab)
-        entra_l1_put(v->l1, md, v->source, jwt->claims, (int)jwt->alg,
+        entra_l1_put(v->l1, md, v->source, jwt->claims, (int)jwt->alg, key->tag,
                      cache_until(v, jwt->claims));
 done:
     entra_snapshot_release(snap);

@@ -142,6 +142,48 @@ def test_dropped_key_rejected_after_refetch(start):
     expect_invalid_token(s.get("/any/ok.txt", tok), tok)
 
 
+def _seen_twice(s, tok):
+    """The token verified, then found again in every cache (per-process claims, table)."""
+    for _ in range(3):
+        expect_ok(s.get("/any/ok.txt", tok))
+        expect_ok(fresh_get(s.url("/any/ok.txt"), tok))
+
+
+def _refetch_keys(s):
+    """Makes the module refetch the key set: a token with a newly published kid."""
+    new_kid = s.fake.add_key(kty="RSA", bits=2048)
+    expect_ok(s.get("/any/ok.txt", s.token(key=new_kid)))
+    wait_quiet(s.fake)
+
+
+def test_withdrawn_key_ends_cached_verdicts(start):
+    """A token accepted (and cached) before its key was withdrawn is refused afterwards,
+    however many caches remember it."""
+    s = start()
+    tok = s.token(key="rsa2")
+    _seen_twice(s, tok)
+    s.fake.remove_key("rsa2")
+    _refetch_keys(s)
+    for _ in range(3):
+        expect_invalid_token(s.get("/any/ok.txt", tok), tok, desc_contains="key")
+        r = fresh_get(s.url("/any/ok.txt"), tok)
+        r._stack = s
+        expect_invalid_token(r, tok, desc_contains="key")
+
+
+def test_replaced_key_material_ends_cached_verdicts(start):
+    """The same kid published again with other key material: the cached verdict made with
+    the old key does not carry over."""
+    s = start()
+    tok = s.token(key="rsa2")
+    _seen_twice(s, tok)
+    kid = s.key("rsa2").kid
+    s.fake.add_key(kid=kid, kty="RSA", bits=2048, replace=True)
+    _refetch_keys(s)
+    for _ in range(3):
+        expect_invalid_token(s.get("/any/ok.txt", tok), tok, desc_contains="signature")
+
+
 def test_unknown_kid_flood_causes_at_most_one_refetch(start):
     s = start()
     expect_ok(s.get("/any/ok.txt", s.token()))

@@ -23,7 +23,8 @@ Control API (POST bodies are JSON; t/lib/fake_entra_client.py wraps it):
                              "delay": seconds (slow, hang), "times": n (then back to ok)}
   POST /_control/rotate     {"kty", "bits", "crv", "kid", "drop": kid|role|"oldest"} -> {added, dropped}
   POST /_control/keys/add   {"kty", "bits", "crv", "kid", "use", "issuer", "role", "published"} -> {kid}
-                            ({"kid": existing} publishes a removed key again)
+                            ({"kid": existing} publishes a removed key again;
+                             {"kid": existing, "replace": true, ...} gives it new key material)
   POST /_control/keys/remove {"kid": kid|role}   (unpublish; the private key stays usable)
   POST /_control/mint       {"kid"|"role", "alg", "header", "claims"} -> {"token"}
   POST /_control/document   {"path": "/_static/...", "json"|"body", "status", "content_type"}
@@ -462,6 +463,10 @@ class Handler(BaseHTTPRequestHandler):
                 with st.lock:
                     if "kid" in req and req["kid"] in st.store.keys and len(req) <= 2:
                         key = st.store.keys[req["kid"]]
+                        st.store.published[key.kid] = req.get("published", True)
+                    elif req.get("replace") and req.get("kid") in st.store.keys:
+                        key = et.gen_key(req)
+                        st.store.keys[key.kid] = key
                         st.store.published[key.kid] = req.get("published", True)
                     else:
                         key = et.gen_key(req)
