@@ -53,6 +53,7 @@ static int recheck(apr_pool_t *p, const entra_verifier *v, json_t *claims, int a
     }
     res->claims = claims;
     res->cached = 1;
+    res->signed_ok = 1;
     if (entra_policy_check(p, &v->policy, &snap->iss, claims, now, &why) != APR_SUCCESS)
         set_fail(res, ENTRA_VERIFY_INVALID, why);
     entra_snapshot_release(snap);
@@ -183,6 +184,7 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
         ve.kind == ENTRA_VT_VALID && ve.alg == (int)jwt->alg) {
         /* This very key verified this very token before: the signature holds. */
         res->cached = 1;
+        res->signed_ok = 1;
         if (v->l1)
             entra_l1_put(v->l1, md, v->source, jwt->claims, (int)jwt->alg, key->tag,
                          cache_until(v, jwt->claims));
@@ -203,6 +205,7 @@ void entra_verify_token(apr_pool_t *p, const entra_verifier *v, const char *toke
         }
         goto done;
     }
+    res->signed_ok = 1;
     if (v->vtab) {
         memset(&ve, 0, sizeof(ve));
         ve.kind = ENTRA_VT_VALID;

@@ -30,6 +30,7 @@ typedef struct entra_verify_result {
     json_t *claims;       /* verified claims (OK), or unverified ones when parsed (for logs) */
     const char *token_id; /* first 12 hex digits of SHA-256(token), for logs */
     int cached;           /* answered from the validated-token cache */
+    int signed_ok;        /* the signature held, so the claims are the issuer's words */
 } entra_verify_result;
 
 /* Verifies `token` (not NUL-terminated, `len` bytes) at `now` (seconds since the epoch). */

@@ -309,9 +309,11 @@ static int check_authn(request_rec *r)
         const char *app = claim_or_dash(res.claims, "azp");
         if (!strcmp(app, "-"))
             app = claim_or_dash(res.claims, "appid");
+        /* Until the signature holds, ids are only what the caller says it is. */
+        const char *said = res.signed_ok ? "" : "claimed ";
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                      "ENTRA0206: token rejected: %s (token id %s, app %s, oid %s%s)", res.why,
-                      res.token_id, app, claim_or_dash(res.claims, "oid"),
+                      "ENTRA0206: token rejected: %s (token id %s, %sapp %s, %soid %s%s)",
+                      res.why, res.token_id, said, app, said, claim_or_dash(res.claims, "oid"),
                       res.cached ? ", cached" : "");
         entra_challenge(r, "invalid_token", res.why);
         return HTTP_UNAUTHORIZED;
