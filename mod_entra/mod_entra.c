@@ -118,20 +118,16 @@ entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d)
     return src;
 }
 
-/* Registers the sources of every AuthType Entra section so upkeep can warm them up. */
-static void register_configured_sources(server_rec *s, apr_pool_t *ptemp)
+/* Registers the source of every AuthType Entra section, of whatever kind, so upkeep can
+ * warm it up before the first request. */
+static int register_source(server_rec *s, const char *where, const entra_dir_conf *d,
+                           void *baton)
 {
-    for (; s; s = s->next) {
-        core_server_config *sc = ap_get_core_module_config(s->module_config);
-        ap_conf_vector_t **sv = (ap_conf_vector_t **)sc->sec_url->elts;
-        int i;
-        for (i = 0; i < sc->sec_url->nelts; i++) {
-            ap_conf_vector_t *m = ap_merge_per_dir_configs(ptemp, s->lookup_defaults, sv[i]);
-            entra_dir_conf *d = ap_get_module_config(m, &entra_module);
-            if (d->auth_entra == 1 && (d->tenant || d->metadata_url))
-                entra_source_for(ptemp, d);
-        }
-    }
+    (void)s;
+    (void)where;
+    if (d->auth_entra == 1 && (d->tenant || d->metadata_url))
+        entra_source_for((apr_pool_t *)baton, d);
+    return OK;
 }
 
 static void *APR_THREAD_FUNC upkeep(apr_thread_t *thd, void *data)
@@ -217,7 +213,7 @@ static int post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, s
     sources = apr_hash_make(pconf);
     if (apr_thread_mutex_create(&sources_mu, APR_THREAD_MUTEX_DEFAULT, pconf) != APR_SUCCESS)
         return HTTP_INTERNAL_SERVER_ERROR;
-    register_configured_sources(s, ptemp);
+    entra_walk_sections(s, ptemp, register_source, ptemp);
     return entra_proxy_post_config(pconf, ptemp, s) == OK ? OK : HTTP_INTERNAL_SERVER_ERROR;
 }
 
@@ -228,6 +224,7 @@ static void child_init(apr_pool_t *p, server_rec *s)
     /* Sources found at request time belong to this process: never allocate from pconf,
      * which the parent owns, while threads run. */
     apr_pool_create(&sources_pool, p);
+    sources = apr_hash_copy(sources_pool, sources); /* its new entries must not come from pconf */
     if (entra_l1_create(p, 256, &process_l1) != APR_SUCCESS)
         process_l1 = NULL;
     upkeep_stop = 0;

@@ -86,6 +86,13 @@ unsigned entra_conf_alg_mask(const entra_dir_conf *d);
 unsigned entra_conf_token_in(const entra_dir_conf *d);
 const char *entra_conf_authority(const entra_dir_conf *d);
 
+/* Calls `fn` with the merged configuration of every section of every server: the top
+ * level, <Location>, <Directory> and the <Files> and <If> sections nested in any of them;
+ * stops at the first result other than OK and returns it. */
+typedef int (*entra_section_fn)(server_rec *s, const char *where, const entra_dir_conf *d,
+                                void *baton);
+int entra_walk_sections(server_rec *s, apr_pool_t *ptemp, entra_section_fn fn, void *baton);
+
 /* Startup validation of every section using AuthType Entra (check_config hook). */
 int entra_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s);
 

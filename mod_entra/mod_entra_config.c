@@ -41,11 +41,18 @@ void *entra_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
 {
     entra_dir_conf *base = basev, *add = addv, *n = apr_pcalloc(p, sizeof(*n));
     MERGE_NUM(auth_entra);
-    MERGE_PTR(tenant);
+    /* The issuer source is one setting with two spellings: the section's own wins whole. */
+    if (add->tenant || add->metadata_url) {
+        n->tenant = add->tenant;
+        n->metadata_url = add->metadata_url;
+    }
+    else {
+        n->tenant = base->tenant;
+        n->metadata_url = base->metadata_url;
+    }
     MERGE_PTR(allowed_tenants);
     MERGE_PTR(audiences);
     MERGE_PTR(authority);
-    MERGE_PTR(metadata_url);
     MERGE_PTR(ca_file);
     MERGE_BITS(alg_mask);
     MERGE_NUM(clock_skew);
@@ -117,9 +124,24 @@ static const char *cmd_auth_type(cmd_parms *cmd, void *dv, const char *arg)
     return DECLINE_CMD;
 }
 
+/* EntraTenant and EntraMetadataURL name the same thing (where keys and issuers come from):
+ * one section says one of them. */
+static const char *one_issuer_source(cmd_parms *cmd, const entra_dir_conf *d)
+{
+    if (d->tenant || d->metadata_url)
+        return apr_psprintf(cmd->pool,
+                            "%s: this section already has %s; use EntraTenant for Entra ID or "
+                            "EntraMetadataURL for another OpenID provider, not both",
+                            cmd->cmd->name, d->tenant ? "EntraTenant" : "EntraMetadataURL");
+    return NULL;
+}
+
 static const char *cmd_tenant(cmd_parms *cmd, void *dv, const char *arg)
 {
     entra_dir_conf *d = dv;
+    const char *err = one_issuer_source(cmd, d);
+    if (err)
+        return err;
     if (strcasecmp(arg, "common") == 0 || strcasecmp(arg, "organizations") == 0) {
         d->tenant = apr_pstrdup(cmd->pool, arg);
         ap_str_tolower((char *)d->tenant);
@@ -177,7 +199,8 @@ static const char *cmd_authority(cmd_parms *cmd, void *dv, const char *arg)
 
 static const char *cmd_metadata_url(cmd_parms *cmd, void *dv, const char *arg)
 {
-    return url_arg(cmd, arg, &((entra_dir_conf *)dv)->metadata_url);
+    const char *err = one_issuer_source(cmd, dv);
+    return err ? err : url_arg(cmd, arg, &((entra_dir_conf *)dv)->metadata_url);
 }
 
 static const char *cmd_ca_file(cmd_parms *cmd, void *dv, const char *arg)
@@ -426,37 +449,84 @@ static int check_one(server_rec *s, const char *where, const entra_dir_conf *d)
     return OK;
 }
 
-int entra_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
+/* Calls `fn` on the merged configuration of each section nested in `own` (<Files>, <If>,
+ * <ElseIf>, <Else>, at any depth httpd allows), each merged onto `outer`. */
+static int walk_nested(server_rec *s, apr_pool_t *ptemp, const char *where,
+                       ap_conf_vector_t *outer, ap_conf_vector_t *own, entra_section_fn fn,
+                       void *baton, int depth)
 {
-    (void)pconf;
-    (void)plog;
-    check_main = s; /* the first server_rec is the main server, where identities live */
+    core_dir_config *c = ap_get_core_module_config(own);
+    apr_array_header_t *inner[2] = {c->sec_file, c->sec_if};
+    int k, i;
+
+    for (k = 0; k < 2 && depth < 16; k++) {
+        ap_conf_vector_t **sv = inner[k] ? (ap_conf_vector_t **)inner[k]->elts : NULL;
+        for (i = 0; sv && i < inner[k]->nelts; i++) {
+            core_dir_config *ci = ap_get_core_module_config(sv[i]);
+            ap_conf_vector_t *m = ap_merge_per_dir_configs(ptemp, outer, sv[i]);
+            const char *w = k ? apr_pstrcat(ptemp, where, " <If>", NULL)
+                              : apr_pstrcat(ptemp, where, " <Files ", ci->d ? ci->d : "?", ">",
+                                            NULL);
+            if (fn(s, w, ap_get_module_config(m, &entra_module), baton) != OK ||
+                walk_nested(s, ptemp, w, m, sv[i], fn, baton, depth + 1) != OK)
+                return !OK;
+        }
+    }
+    return OK;
+}
+
+int entra_walk_sections(server_rec *s, apr_pool_t *ptemp, entra_section_fn fn, void *baton)
+{
     for (; s; s = s->next) {
         core_server_config *sc = ap_get_core_module_config(s->module_config);
         apr_array_header_t *secs[2] = {sc->sec_url, sc->sec_dir};
+        const char *host = s->is_virtual ? apr_psprintf(ptemp, "<VirtualHost %s:%u> ",
+                                                        s->server_hostname ? s->server_hostname
+                                                                           : "?",
+                                                        (unsigned)s->port)
+                                         : "";
+        const char *top = s->is_virtual ? apr_pstrcat(ptemp, host, "top level", NULL)
+                                        : "server config";
         int k, i, j;
 
-        if (check_one(s, "server config",
-                      ap_get_module_config(s->lookup_defaults, &entra_module)) != OK)
+        if (fn(s, top, ap_get_module_config(s->lookup_defaults, &entra_module), baton) != OK ||
+            walk_nested(s, ptemp, top, s->lookup_defaults, s->lookup_defaults, fn, baton, 0) !=
+                OK)
             return !OK;
         for (k = 0; k < 2; k++) {
             ap_conf_vector_t **sv = (ap_conf_vector_t **)secs[k]->elts;
             for (i = 0; i < secs[k]->nelts; i++) {
                 core_dir_config *ci = ap_get_core_module_config(sv[i]);
                 ap_conf_vector_t *m = s->lookup_defaults;
-                /* A <Location> inherits from the sections above it whose path prefixes it. */
+                const char *where;
+                /* A section inherits from the sections above it whose path prefixes it. */
                 for (j = 0; j <= i; j++) {
                     core_dir_config *cj = ap_get_core_module_config(sv[j]);
                     if (j == i || (!cj->r && !ci->r && cj->d && ci->d &&
                                    strncmp(ci->d, cj->d, strlen(cj->d)) == 0))
                         m = ap_merge_per_dir_configs(ptemp, m, sv[j]);
                 }
-                if (check_one(s, apr_pstrcat(ptemp, k ? "<Directory " : "<Location ",
-                                             ci->d ? ci->d : "?", ">", NULL),
-                              ap_get_module_config(m, &entra_module)) != OK)
+                where = apr_pstrcat(ptemp, host, k ? "<Directory " : "<Location ",
+                                    ci->d ? ci->d : "?", ">", NULL);
+                if (fn(s, where, ap_get_module_config(m, &entra_module), baton) != OK ||
+                    walk_nested(s, ptemp, where, m, sv[i], fn, baton, 0) != OK)
                     return !OK;
             }
         }
     }
     return OK;
+}
+
+static int check_section(server_rec *s, const char *where, const entra_dir_conf *d, void *baton)
+{
+    (void)baton;
+    return check_one(s, where, d);
+}
+
+int entra_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
+{
+    (void)pconf;
+    (void)plog;
+    check_main = s; /* the first server_rec is the main server, where identities live */
+    return entra_walk_sections(s, ptemp, check_section, NULL);
 }

@@ -365,6 +365,7 @@ void entra_proxy_child_init(apr_pool_t *p, server_rec *s, const volatile int *ca
     }
     /* Sources created from now on belong to this process. */
     apr_pool_create(&token_sources_pool, p);
+    token_sources = apr_hash_copy(token_sources_pool, token_sources); /* not pconf's */
 }
 
 void entra_proxy_maintain(apr_pool_t *p)
