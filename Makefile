@@ -39,7 +39,7 @@ UNIT_SRC = $(wildcard t/unit/test_*.c)
 UNIT_BIN = $(patsubst t/unit/%.c,$(UNIT_DIR)/%,$(UNIT_SRC))
 HTTPD_CFLAGS := $(shell $(APXS) -q CFLAGS 2>/dev/null) $(shell $(APXS) -q EXTRA_CPPFLAGS 2>/dev/null) $(shell $(APXS) -q EXTRA_INCLUDES 2>/dev/null)
 
-.PHONY: bench all module luamod unit test test-unit test-e2e install clean help demo demo-stop deps
+.PHONY: bench all module luamod unit test test-unit test-e2e install deb clean help demo demo-stop deps
 
 all: module $(if $(LUAMOD_SRC),luamod)
 
@@ -49,7 +49,8 @@ help:
 	@echo "make demo       start a demo httpd with mod_entra, a backend and a local token issuer"
 	@echo "make demo-stop  stop the demo"
 	@echo "make bench      benchmark against no auth and the peers (BENCH_ARGS=--smoke: short)"
-	@echo "make install    install the module and conf/entra.{load,conf} for a2enmod entra"
+	@echo "make install    install the module, conf/entra.{load,conf}, the Lua module, entra-token (DESTDIR honoured)"
+	@echo "make deb        build build/deb/libapache2-mod-entra_*.deb (dpkg-buildpackage)"
 	@echo "make deps       install the Debian packages needed to build and test (as root)"
 
 module: $(MODULE)
@@ -98,9 +99,30 @@ test-e2e: module $(if $(LUAMOD_SRC),luamod)
 test: deps
 	@$(MAKE) --no-print-directory test-unit test-e2e
 
+# Install locations (Debian's); DESTDIR prefixes them all, as packaging expects.
+LIBEXECDIR   := $(shell $(APXS) -q LIBEXECDIR 2>/dev/null)
+SYSCONFDIR   := $(shell $(APXS) -q SYSCONFDIR 2>/dev/null)
+MULTIARCH    := $(shell $(CC) -print-multiarch 2>/dev/null)
+LUA_CMOD_DIR ?= /usr/lib/$(MULTIARCH)/lua/5.4
+BINDIR       ?= /usr/bin
+
 install: module $(if $(LUAMOD_SRC),luamod)
-	$(APXS) -i -n entra $(MODULE)
-	install -m 644 conf/entra.load conf/entra.conf $$(apxs -q SYSCONFDIR)/mods-available/
+	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(SYSCONFDIR)/mods-available \
+	  $(DESTDIR)$(LUA_CMOD_DIR) $(DESTDIR)$(BINDIR)
+	install -m 644 $(MODULE) $(DESTDIR)$(LIBEXECDIR)/mod_entra.so
+	install -m 644 conf/entra.load conf/entra.conf $(DESTDIR)$(SYSCONFDIR)/mods-available/
+	install -m 644 $(LUAMOD) $(DESTDIR)$(LUA_CMOD_DIR)/entra.so
+	install -m 755 lua/entra-token $(DESTDIR)$(BINDIR)/entra-token
+
+# libapache2-mod-entra_*.deb in build/deb/: dpkg-buildpackage on a scratch copy of the
+# tracked sources with conf/debian/ as its debian/ directory.
+DEB_DIR = build/deb
+deb:
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
+	git ls-files -z Makefile README.md mod_entra lua conf | tar --null -T - -cf - | tar -xf - -C $(DEB_DIR)/src
+	cp -r conf/debian $(DEB_DIR)/src/debian
+	cd $(DEB_DIR)/src && dpkg-buildpackage -us -uc -b >../build.log 2>&1 || { tail -40 ../build.log; exit 1; }
+	@ls $(DEB_DIR)/*.deb
 
 deps:
 	@sh t/deps.sh
@@ -119,4 +141,5 @@ demo-stop:
 	@$(PYTHON) t/demo.py stop
 
 clean:
-	rm -rf mod_entra/*.o mod_entra/*.lo mod_entra/*.slo mod_entra/*.la mod_entra/.libs build
+	rm -rf mod_entra/*.o mod_entra/*.lo mod_entra/*.slo mod_entra/*.la mod_entra/.libs build \
+	  lua/*.so lua/*.lo lua/*.slo lua/*.o
