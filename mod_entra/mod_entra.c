@@ -242,6 +242,7 @@ static void register_hooks(apr_pool_t *p)
     ap_hook_post_config(post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(child_init, NULL, NULL, APR_HOOK_MIDDLE);
     entra_authn_register_hooks(p);
+    entra_expr_register_hooks(p);
     entra_proxy_register_hooks(p);
     entra_authz_register_providers(p);
     entra_lua_register_providers(p);

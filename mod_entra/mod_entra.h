@@ -72,6 +72,8 @@ typedef struct entra_req_state {
     const char *token_id;
     int forbidden;       /* a Require denied this authenticated caller */
     int lua_failed;      /* a Lua rule failed: the request must not be served */
+    int authn_done;      /* authentication ran for this request_rec ... */
+    int authn_status;    /* ... and decided this (OK, DECLINED or an HTTP status) */
 } entra_req_state;
 
 extern const command_rec entra_cmds[];
@@ -112,6 +114,17 @@ entra_l1 *entra_process_l1(void);
 
 /* Sets WWW-Authenticate: Bearer realm=..., error=..., error_description=... */
 void entra_challenge(request_rec *r, const char *error, const char *desc);
+
+/* Authenticates the request (AuthType Entra) once; later calls return the first outcome. */
+int entra_authenticate(request_rec *r);
+
+/* A claim as text for headers, env and expressions: strings as they are, arrays of strings
+ * joined with ", ", integers and booleans as text; NULL when absent, of another shape, or
+ * holding a control byte (other than HTAB) or DEL. */
+const char *entra_claim_text(apr_pool_t *p, json_t *claims, const char *name);
+
+/* ap_expr function entra_claim (mod_entra_expr.c). */
+void entra_expr_register_hooks(apr_pool_t *p);
 
 /* The request's verified state, or NULL. */
 entra_req_state *entra_req_state_get(request_rec *r);

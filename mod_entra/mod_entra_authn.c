@@ -18,7 +18,7 @@
 
 APLOG_USE_MODULE(entra);
 
-#define FORBIDDEN_FILTER "ENTRA_FORBIDDEN"
+#define STATUS_BODY_FILTER "ENTRA_STATUS_BODY"
 
 entra_req_state *entra_req_state_get(request_rec *r)
 {
@@ -188,38 +188,45 @@ static tok_found find_token(request_rec *r, const entra_dir_conf *d, const char 
     return ones == 0 ? TOK_NONE : ones > 1 ? TOK_MANY : TOK_ONE;
 }
 
+const char *entra_claim_text(apr_pool_t *p, json_t *claims, const char *name)
+{
+    json_t *v = json_object_get(claims, name);
+    const char *val = NULL, *c;
+
+    if (json_is_string(v))
+        val = json_string_value(v);
+    else if (json_is_array(v)) {
+        size_t k;
+        json_t *e;
+        val = "";
+        json_array_foreach(v, k, e)
+        {
+            if (json_is_string(e))
+                val = apr_pstrcat(p, val, *val ? ", " : "", json_string_value(e), NULL);
+        }
+    }
+    else if (json_is_integer(v))
+        val = apr_psprintf(p, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+    else if (json_is_boolean(v))
+        val = json_is_true(v) ? "true" : "false";
+    /* A value that could split or forge a header line reaches nobody. */
+    for (c = val; c && *c; c++)
+        if (((unsigned char)*c < 0x20 && *c != '\t') || *c == 0x7f)
+            return NULL;
+    return val;
+}
+
 /* "oid" -> X-Entra-Oid / ENTRA_OID. */
 static void pass_claims(request_rec *r, const entra_dir_conf *d, json_t *claims)
 {
     int i;
     for (i = 0; d->pass_claims && i < d->pass_claims->nelts; i++) {
-        const char *name = APR_ARRAY_IDX(d->pass_claims, i, const char *), *val = NULL;
-        json_t *v = json_object_get(claims, name);
+        const char *name = APR_ARRAY_IDX(d->pass_claims, i, const char *);
+        const char *val = entra_claim_text(r->pool, claims, name);
         char *hdr, *env, *c;
 
-        if (json_is_string(v))
-            val = json_string_value(v);
-        else if (json_is_array(v)) {
-            size_t k;
-            json_t *e;
-            val = "";
-            json_array_foreach(v, k, e)
-            {
-                if (json_is_string(e))
-                    val = apr_pstrcat(r->pool, val, *val ? ", " : "", json_string_value(e), NULL);
-            }
-        }
-        else if (json_is_integer(v))
-            val = apr_psprintf(r->pool, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-        else if (json_is_boolean(v))
-            val = json_is_true(v) ? "true" : "false";
         if (!val)
             continue;
-        /* Header values must not carry line breaks. */
-        val = apr_pstrdup(r->pool, val);
-        for (c = (char *)val; *c; c++)
-            if (*c == '\r' || *c == '\n')
-                *c = ' ';
         hdr = apr_pstrcat(r->pool, "X-Entra-", name, NULL);
         hdr[8] = (char)apr_toupper(hdr[8]);
         env = apr_pstrcat(r->pool, "ENTRA_", name, NULL);
@@ -236,7 +243,7 @@ static const char *claim_or_dash(json_t *claims, const char *name)
     return v ? v : "-";
 }
 
-static int check_authn(request_rec *r)
+static int authenticate_once(request_rec *r)
 {
     entra_dir_conf *d = ap_get_module_config(r->per_dir_config, &entra_module);
     entra_verifier v;
@@ -332,6 +339,31 @@ static int check_authn(request_rec *r)
     return OK;
 }
 
+/* Authentication runs once per request: from httpd's check_authn phase, or earlier when an
+ * expression asks for a claim (mod_entra_expr.c). The outcome, and its status, are kept on
+ * the request itself (never its main request: a subrequest may be another route). */
+int entra_authenticate(request_rec *r)
+{
+    entra_req_state *st = ap_get_module_config(r->request_config, &entra_module);
+    int rc;
+
+    if (st && st->authn_done)
+        return st->authn_status;
+    rc = authenticate_once(r);
+    if (!(st = ap_get_module_config(r->request_config, &entra_module))) {
+        st = apr_pcalloc(r->pool, sizeof(*st));
+        ap_set_module_config(r->request_config, &entra_module, st);
+    }
+    st->authn_done = 1;
+    st->authn_status = rc;
+    return rc;
+}
+
+static int check_authn(request_rec *r)
+{
+    return entra_authenticate(r);
+}
+
 /* Called by mod_authz_core for AuthType Entra when it answers 401. */
 static int note_auth_failure(request_rec *r, const char *auth_type)
 {
@@ -351,24 +383,52 @@ static int note_auth_failure(request_rec *r, const char *auth_type)
 }
 
 /* mod_authz_core answers a denied, authenticated caller with 401 (unless
- * AuthzSendForbiddenOnFailure); turn that into the 403 RFC 6750 asks for. */
+ * AuthzSendForbiddenOnFailure); turn that into the 403 RFC 6750 asks for. And when an
+ * expression authenticated the request before authorization (Require expr, <If>) and found
+ * no valid token, mod_authz_core answers 403: the caller gets the 401 or 400 that
+ * authentication decided, with its challenge. */
 static void insert_error_filter(request_rec *r)
 {
     entra_req_state *st = entra_req_state_get(r);
+    entra_req_state *own = ap_get_module_config(r->request_config, &entra_module);
+
     if (st && st->forbidden && r->status == HTTP_UNAUTHORIZED) {
         r->status = HTTP_FORBIDDEN;
-        r->status_line = NULL;
-        ap_add_output_filter(FORBIDDEN_FILTER, NULL, r, r->connection);
     }
+    else if (own && own->authn_done && !own->claims && r->status == HTTP_FORBIDDEN &&
+             (own->authn_status == HTTP_UNAUTHORIZED || own->authn_status == HTTP_BAD_REQUEST)) {
+        r->status = own->authn_status;
+    }
+    else {
+        if (own && own->claims && r->status == HTTP_FORBIDDEN &&
+            !apr_table_get(r->err_headers_out, "WWW-Authenticate"))
+            entra_challenge(r, "insufficient_scope",
+                            "the token does not grant access to this resource");
+        return;
+    }
+    r->status_line = NULL;
+    ap_add_output_filter(STATUS_BODY_FILTER, NULL, r, r->connection);
 }
 
-/* Replaces the canned 401 page with a 403 one. */
-static apr_status_t forbidden_filter(ap_filter_t *f, apr_bucket_brigade *bb)
+/* Replaces the canned error page with the one of the status set above. */
+static apr_status_t status_body_filter(ap_filter_t *f, apr_bucket_brigade *bb)
 {
-    static const char body[] =
+    static const char forbidden[] =
         "<!DOCTYPE HTML PUBLIC \"-//IETF//DTD HTML 2.0//EN\">\n<html><head>\n"
         "<title>403 Forbidden</title>\n</head><body>\n<h1>Forbidden</h1>\n"
         "<p>The access token does not grant access to this resource.</p>\n</body></html>\n";
+    static const char unauthorized[] =
+        "<!DOCTYPE HTML PUBLIC \"-//IETF//DTD HTML 2.0//EN\">\n<html><head>\n"
+        "<title>401 Unauthorized</title>\n</head><body>\n<h1>Unauthorized</h1>\n"
+        "<p>A valid access token is required.</p>\n</body></html>\n";
+    static const char bad_request[] =
+        "<!DOCTYPE HTML PUBLIC \"-//IETF//DTD HTML 2.0//EN\">\n<html><head>\n"
+        "<title>400 Bad Request</title>\n</head><body>\n<h1>Bad Request</h1>\n"
+        "<p>The request's access token is malformed or ambiguous.</p>\n</body></html>\n";
+    const char *body = f->r->status == HTTP_UNAUTHORIZED ? unauthorized
+                       : f->r->status == HTTP_BAD_REQUEST ? bad_request
+                                                          : forbidden;
+    apr_size_t len = strlen(body);
     apr_bucket *b;
     int eos = 0;
 
@@ -381,10 +441,8 @@ static apr_status_t forbidden_filter(ap_filter_t *f, apr_bucket_brigade *bb)
     }
     apr_brigade_cleanup(bb);
     ap_remove_output_filter(f);
-    f->r->status = HTTP_FORBIDDEN;
-    ap_set_content_length(f->r, sizeof(body) - 1);
-    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_immortal_create(body, sizeof(body) - 1,
-                                                           f->c->bucket_alloc));
+    ap_set_content_length(f->r, len);
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_immortal_create(body, len, f->c->bucket_alloc));
     APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_eos_create(f->c->bucket_alloc));
     return ap_pass_brigade(f->next, bb);
 }
@@ -396,5 +454,5 @@ void entra_authn_register_hooks(apr_pool_t *p)
     ap_hook_check_authn(check_authn, NULL, NULL, APR_HOOK_MIDDLE, AP_AUTH_INTERNAL_PER_CONF);
     ap_hook_note_auth_failure(note_auth_failure, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_insert_error_filter(insert_error_filter, NULL, NULL, APR_HOOK_MIDDLE);
-    ap_register_output_filter(FORBIDDEN_FILTER, forbidden_filter, NULL, AP_FTYPE_RESOURCE);
+    ap_register_output_filter(STATUS_BODY_FILTER, status_body_filter, NULL, AP_FTYPE_RESOURCE);
 }
