@@ -39,13 +39,14 @@ UNIT_SRC = $(wildcard t/unit/test_*.c)
 UNIT_BIN = $(patsubst t/unit/%.c,$(UNIT_DIR)/%,$(UNIT_SRC))
 HTTPD_CFLAGS := $(shell $(APXS) -q CFLAGS 2>/dev/null) $(shell $(APXS) -q EXTRA_CPPFLAGS 2>/dev/null) $(shell $(APXS) -q EXTRA_INCLUDES 2>/dev/null)
 
-.PHONY: bench all module luamod unit test test-unit test-e2e install deb clean help demo demo-stop deps
+.PHONY: bench all module luamod unit test test-unit test-e2e install deb clean help test-mpm demo demo-stop deps
 
 all: module $(if $(LUAMOD_SRC),luamod)
 
 help:
 	@echo "make            build $(MODULE)"
 	@echo "make test       unit tests + end-to-end tests against a real apache2 (SANITIZE=1: ASan+UBSan)"
+	@echo "make test-mpm   a third of the end-to-end tests under the worker and prefork MPMs"
 	@echo "make demo       start a demo httpd with mod_entra, a backend and a local token issuer"
 	@echo "make demo-stop  stop the demo"
 	@echo "make bench      benchmark against no auth and the peers (BENCH_ARGS=--smoke: short)"
@@ -95,9 +96,20 @@ test-e2e: module $(if $(LUAMOD_SRC),luamod)
 	ENTRA_SANITIZE=$(SANITIZE) ENTRA_MODULE=$(CURDIR)/$(MODULE) ENTRA_LUAMOD=$(CURDIR)/$(LUAMOD) \
 	  $(PYTHON) -m pytest -q t/
 
+# A representative third of the end-to-end suite (inbound, keys across processes, outbound,
+# Lua rules) under the worker and prefork MPMs; the whole suite runs under event.
+MPM_TESTS = t/test_inbound_answers.py t/test_inbound_keys.py t/test_inbound_cache.py \
+            t/test_outbound_refresh.py t/test_outbound_concurrency.py t/test_lua_rules.py \
+            t/test_inbound_sections.py
+test-mpm: module $(if $(LUAMOD_SRC),luamod)
+	@set -e; for mpm in worker prefork; do echo "== MPM $$mpm"; \
+	  ENTRA_MPM=$$mpm ENTRA_SANITIZE=$(SANITIZE) ENTRA_MODULE=$(CURDIR)/$(MODULE) \
+	  ENTRA_LUAMOD=$(CURDIR)/$(LUAMOD) $(PYTHON) -m pytest -q $(MPM_TESTS); done
+
 # `make test` and `make demo` first install missing Debian packages (as root) or name them.
+# The MPM runs are part of the plain run (the sanitizer run keeps to event, for CI's time).
 test: deps
-	@$(MAKE) --no-print-directory test-unit test-e2e
+	@$(MAKE) --no-print-directory test-unit $(if $(filter 1,$(SANITIZE)),,test-mpm) test-e2e
 
 # Install locations (Debian's); DESTDIR prefixes them all, as packaging expects.
 LIBEXECDIR   := $(shell $(APXS) -q LIBEXECDIR 2>/dev/null)

@@ -28,8 +28,13 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 MODULE_PATH = os.environ.get("ENTRA_MODULE") or os.path.join(REPO, "mod_entra", ".libs", "mod_entra.so")
 RUN_USER = "www-data"
 
+# ENTRA_MPM=event|worker|prefork picks httpd's MPM (make test-mpm runs a third of the suite
+# under worker and prefork).
+MPM = os.environ.get("ENTRA_MPM", "event")
+if MPM not in ("event", "worker", "prefork"):
+    raise RuntimeError(f"ENTRA_MPM={MPM!r}: use event, worker or prefork")
 BASE_MODULES = [
-    "mpm_event", "authn_core", "authz_core", "authz_user", "authz_host", "headers",
+    f"mpm_{MPM}", "authn_core", "authz_core", "authz_user", "authz_host", "headers",
     "socache_shmcb", "proxy", "proxy_http", "mime", "env", "setenvif",
 ]
 
@@ -125,14 +130,14 @@ class Httpd:
         lines += [f"LoadModule {m}_module {MODDIR}/mod_{m}.so" for m in BASE_MODULES]
         if with_module:
             lines.append(f'LoadModule entra_module "{self.module_path}"')
+        if MPM == "prefork":
+            # Single-threaded children: as many processes as the threaded MPMs have threads.
+            lines += ["StartServers 2", "MinSpareServers 2", "MaxSpareServers 20",
+                      "ServerLimit 20", "MaxRequestWorkers 20"]
+        else:
+            lines += ["StartServers 2", "ServerLimit 2", "ThreadLimit 10", "ThreadsPerChild 10",
+                      "MaxRequestWorkers 20", "MinSpareThreads 5", "MaxSpareThreads 40"]
         lines += [
-            "StartServers 2",
-            "ServerLimit 2",
-            "ThreadLimit 10",
-            "ThreadsPerChild 10",
-            "MaxRequestWorkers 20",
-            "MinSpareThreads 5",
-            "MaxSpareThreads 40",
             "KeepAlive On",
             "Timeout 60",
             "TypesConfig /etc/mime.types",

@@ -27,7 +27,7 @@ import requests
 
 import checks
 from echo_backend import _Handler, headers_of
-from httpd import RUN_USER, Httpd
+from httpd import MPM, RUN_USER, Httpd
 from identity_client import FakeIdentity, jwt_parts, verify_token  # noqa: F401  (re-exported)
 
 JWT_RE = checks.JWT_RE
@@ -37,7 +37,7 @@ FETCH_FAIL_RE = re.compile(r"ENTRA0303: token for identity (\S+), resource (\S+)
                            r"status (-?\d+) in (\d+) ms, (\d+) retries")
 
 _MPM_RE = re.compile(r"^(StartServers|ServerLimit|ThreadLimit|ThreadsPerChild|MaxRequestWorkers|"
-                     r"MinSpareThreads|MaxSpareThreads) .*$", re.M)
+                     r"MinSpareThreads|MaxSpareThreads|MinSpareServers|MaxSpareServers) .*$", re.M)
 
 
 # ---------------------------------------------------------------------------------- httpd
@@ -83,7 +83,14 @@ class OutboundHttpd(Httpd):
         text = super().config_text(*a, **kw)
         if self.mpm:
             text = _MPM_RE.sub("", text)
-            mpm = "\n".join(f"{k} {v}" for k, v in self.mpm.items())
+            want = dict(self.mpm)
+            if MPM == "prefork":
+                # One thread per process: the same number of workers as processes.
+                workers = int(want.get("MaxRequestWorkers", 20))
+                want = {"StartServers": want.get("StartServers", 2), "MinSpareServers": 2,
+                        "MaxSpareServers": workers, "ServerLimit": workers,
+                        "MaxRequestWorkers": workers}
+            mpm = "\n".join(f"{k} {v}" for k, v in want.items())
             text = text.replace("TypesConfig /etc/mime.types", mpm + "\nTypesConfig /etc/mime.types", 1)
         return text
 
