@@ -318,3 +318,114 @@ def test_daemon_uses_managed_identity_for_default_scope(world):
     assert c["aud"] == DOWNSTREAM        # `/.default` removed for managed identity
     assert c["appid"] == fake_id.identity("user1")["client_id"] and c["idtyp"] == "app"
     assert "scp" not in c
+
+
+# ------------------------------------------------------------------------ troubleshooting table
+#
+# The README's troubleshooting table must list every error_description the module can send,
+# and nothing else: the strings are collected from the C sources, so a new or reworded
+# reason fails here until the table follows.
+
+SRC = os.path.join(REPO, "mod_entra")
+_LIT = r'"(?:[^"\\\n]|\\.)*"'
+_LITS = rf"{_LIT}(?:\s*{_LIT})*"            # adjacent literals, as C concatenates them
+
+
+def _joined(seq: str) -> str:
+    return "".join(m[1:-1] for m in re.findall(_LIT, seq))
+
+
+def _read(name: str) -> str:
+    with open(os.path.join(SRC, name)) as f:
+        return f.read()
+
+
+def _why_literals(name: str) -> list[str]:
+    """Every string literal (adjacent ones joined) in `*why = ...;` statements of a file."""
+    out = []
+    for stmt in re.findall(rf'\*why\s*=\s*((?:{_LIT}|[^;"])*);', _read(name)):
+        out += [_joined(s) for s in re.findall(_LITS, stmt)]
+    return out
+
+
+def source_descriptions() -> tuple[set, set, set]:
+    """(plain reasons, composed "prefix: <json reason>" pairs, 503 reasons) from the sources."""
+    plain, prefixes = set(), set()
+    for name in ("entra_policy.c", "entra_jwt.c"):
+        for s in _why_literals(name):
+            (prefixes if s.endswith(": ") else plain).add(s)
+    for call in re.findall(rf'set_fail\(((?:{_LIT}|[^;"])*)\);', _read("entra_verify.c")):
+        plain.update(_joined(s) for s in re.findall(_LITS, call))
+    plain.update(_joined(s) for s in re.findall(rf"#define ENTRA_WHY_\w+\s+({_LIT})", _read("entra_vtab.h")))
+    for name in ("mod_entra_authn.c", "mod_entra_lua.c"):
+        text = _read(name)
+        plain.update(_joined(s) for s in re.findall(rf'entra_challenge\(r,\s*"\w+",\s*({_LITS})\)', text))
+        # "token has no %s claim" with the default EntraRemoteUserClaim.
+        plain.update(_joined(s).replace("%s", "oid")
+                     for s in re.findall(rf"res\.why\s*=\s*apr_psprintf\(r->pool,\s*({_LITS})", text))
+    json_reasons = set(_why_literals("entra_json.c"))
+    composed = {(p, j) for p in prefixes for j in json_reasons}
+    # 503: whole reasons only (composed ones, "discovery <url>: HTTP 404", are described).
+    unavailable = {_joined(s) for s in re.findall(rf"\*why\s*=\s*({_LITS})\s*;", _read("entra_keys.c"))}
+    return plain, composed, unavailable
+
+
+def readme_troubleshooting() -> tuple[list, str]:
+    """(first cells of the table rows, the text after the table) of README's Troubleshooting."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    section = text.split("\n## Troubleshooting\n", 1)[1].split("\n## ", 1)[0]
+    lines = section.splitlines()
+    body = lines[next(i for i, ln in enumerate(lines) if ln.startswith("|---")) + 1:]
+    rows = [ln for ln in body if ln.startswith("| `")]
+    cells = [ln.split(" | ")[0][2:] for ln in rows]
+    return cells, section.split(rows[-1], 1)[1]
+
+
+def test_troubleshooting_table_lists_every_description():
+    plain, composed, _ = source_descriptions()
+    cells, _ = readme_troubleshooting()
+    # The extraction itself must keep working: a handful of reasons known to exist.
+    for known in ("token expired", "token audience not accepted", "invalid signature",
+                  "the token does not grant access to this resource", "token has no oid claim",
+                  "more than one access token in the request",
+                  "token is for another audience (e.g. Microsoft Graph); request a token for this API's audience"):
+        assert known in plain, known
+    assert len(plain) >= 35 and len(composed) >= 8, (len(plain), len(composed))
+    keys = {re.match(r"`([^`]*)`", c).group(1) for c in cells}
+    missing = sorted(s for s in plain if s not in keys)
+    assert not missing, f"README troubleshooting table lacks: {missing}"
+    for prefix, reason in sorted(composed):
+        assert any(c.startswith(f"`{prefix}") and reason in c for c in cells), (prefix, reason)
+    stale = sorted(k for k in keys
+                   if k not in plain and not any(k == p + j for p, j in composed))
+    assert not stale, f"README troubleshooting rows no source emits: {stale}"
+
+
+def test_troubleshooting_lists_the_503_reasons():
+    _, _, unavailable = source_descriptions()
+    _, after = readme_troubleshooting()
+    assert unavailable, "no key-source reasons found in entra_keys.c"
+    flat = " ".join(after.split())
+    for s in unavailable:
+        assert s in flat, s
+
+
+def test_entra_token_decode_names_the_same_reasons(tmp_path):
+    """The table's advice to decode holds: entra-token refuses with httpd's own reasons."""
+    import subprocess
+
+    from httpd import sanitize_enabled, sanitizer_env
+    luamod = os.environ.get("ENTRA_LUAMOD") or os.path.join(REPO, "lua", "entra.so")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LUA_")}
+    env["LUA_CPATH"] = os.path.join(os.path.dirname(os.path.abspath(luamod)), "?.so") + ";;"
+    if sanitize_enabled():
+        env.update(sanitizer_env(str(tmp_path)))
+    dup = et.b64url(b'{"alg":"RS256","kid":"k"}') + "." + et.b64url(b'{"aud":"a","aud":"b"}') + ".c2ln"
+    cells, _ = readme_troubleshooting()
+    for tok, reason in (("abc.def", "token is not a JWS with three segments"),
+                        (dup, "token claims: duplicate JSON member")):
+        p = subprocess.run(["/usr/bin/lua5.4", os.path.join(REPO, "lua", "entra-token"), "decode", "-"],
+                           input=tok, capture_output=True, text=True, timeout=30, env=env)
+        assert p.returncode != 0 and reason in p.stderr, (p.returncode, p.stderr)
+        assert any(reason.split(": ")[0] in c for c in cells)
