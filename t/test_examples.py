@@ -429,3 +429,19 @@ def test_entra_token_decode_names_the_same_reasons(tmp_path):
                            input=tok, capture_output=True, text=True, timeout=30, env=env)
         assert p.returncode != 0 and reason in p.stderr, (p.returncode, p.stderr)
         assert any(reason.split(": ")[0] in c for c in cells)
+
+
+def test_all_examples_together_pass_config_test(world):
+    """An administrator may Include several examples in one server: their names do not clash."""
+    s, fake_id, env = world
+    includes = []
+    for name in EXAMPLES:
+        path = env.path("all-" + name + ".conf")
+        with open(path, "w") as f:
+            f.write(render(name, values_for(name, world)))
+        includes.append(f'Include "{path}"')
+    h = env.httpd(f"EntraAuthority {s.fake.authority}\n", "\n".join(includes) + "\n",
+                  extra_env={"IDENTITY_ENDPOINT": fake_id.url("appservice"),
+                             "IDENTITY_HEADER": fake_id.identity_header})
+    rc, out = h.config_test(h.locations)
+    assert rc == 0 and "Syntax OK" in out, out
