@@ -23,8 +23,8 @@
 #include <lua.h>
 #include <lualib.h>
 
-#include "entra_claims.h"
 #include "entra_json.h"
+#include "entra_lua_claims.h"
 #include "entra_lua_json.h"
 #include "mod_entra.h"
 #include "mod_entra_lua_sandbox.h"
@@ -381,52 +381,25 @@ static int claims_app(lua_State *L)
     return 1;
 }
 
-/* claims:is_app_only(), claims:is_user(), claims:in_group(id...), claims:has_acrs(v...):
- * entra_claims.c decides, as for the Require providers; in_group answers false, "groups
- * overage" when the token cannot say. */
+/* claims:is_app_only(), is_user(), in_group(id...), has_acrs(v...): entra_lua_claims.c. */
 static int claims_is_app_only(lua_State *L)
 {
-    lua_pushboolean(L, entra_claims_caller(check_claims(L)) == ENTRA_CALLER_APP);
-    return 1;
+    return entra_lua_is_app_only(L, check_claims(L));
 }
 
 static int claims_is_user(lua_State *L)
 {
-    lua_pushboolean(L, entra_claims_caller(check_claims(L)) == ENTRA_CALLER_USER);
-    return 1;
-}
-
-static int claims_in(lua_State *L, int groups)
-{
-    json_t *c = check_claims(L);
-    int i, n = lua_gettop(L);
-    for (i = 2; i <= n; i++) {
-        const char *v = luaL_checkstring(L, i);
-        entra_member m = groups ? entra_claims_in_groups(c, &v, 1)
-                                : entra_claims_array_has(c, "acrs", &v, 1, 0) ? ENTRA_MEMBER_YES
-                                                                              : ENTRA_MEMBER_NO;
-        if (m == ENTRA_MEMBER_OVERAGE) {
-            lua_pushboolean(L, 0);
-            lua_pushliteral(L, "groups overage");
-            return 2;
-        }
-        if (m == ENTRA_MEMBER_YES) {
-            lua_pushboolean(L, 1);
-            return 1;
-        }
-    }
-    lua_pushboolean(L, 0);
-    return 1;
+    return entra_lua_is_user(L, check_claims(L));
 }
 
 static int claims_in_group(lua_State *L)
 {
-    return claims_in(L, 1);
+    return entra_lua_in_group(L, check_claims(L), 2);
 }
 
 static int claims_has_acrs(lua_State *L)
 {
-    return claims_in(L, 0);
+    return entra_lua_has_acrs(L, check_claims(L), 2);
 }
 
 static int claims_index(lua_State *L)
