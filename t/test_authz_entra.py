@@ -307,3 +307,22 @@ def test_entra_error_in_access_log(st):
 def test_bad_require_lines_fail_config_test(st, require, word):
     rc, out = st.httpd.config_test(conformance.location("/bad", require))
     assert rc != 0 and word in out, out
+
+
+def test_conf_examples_pass_config_test(st):
+    """The commented <Location> examples of conf/entra.conf are valid configuration."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    blocks, cur = [], None
+    with open(os.path.join(here, "..", "conf", "entra.conf")) as f:
+        for line in f:
+            text = line[1:].strip() if line.startswith("#") else ""
+            if text.startswith("<Location"):
+                cur = []
+            if cur is not None:
+                cur.append(text)
+                if text.startswith("</Location>"):
+                    blocks.append("\n".join(cur))
+                    cur = None
+    assert len(blocks) >= 3
+    rc, out = st.httpd.config_test("\n".join(blocks))
+    assert rc == 0 and "Syntax OK" in out, out
