@@ -385,8 +385,8 @@ static int is_preflight(request_rec *r)
 
 /* Runs before mod_authz_core's userless check, which under `Require all granted` (or any
  * rule granting without a user) skips authentication altogether: EntraOptional must look
- * at a token that is present all the same, and EntraAllowPreflight lets preflights through
- * before any rule can ask for a token. */
+ * at a token that is present all the same, and EntraAllowPreflight marks preflights before
+ * any rule can ask for a token. */
 static int access_ex(request_rec *r)
 {
     entra_dir_conf *d;
@@ -394,9 +394,13 @@ static int access_ex(request_rec *r)
         return DECLINED;
     d = ap_get_module_config(r->per_dir_config, &entra_module);
     if (d->allow_preflight == 1 && is_preflight(r)) {
+        /* The entra-* rules grant it; every other rule of the section (Require ip, ...)
+         * still applies. */
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
-                      "ENTRA0701: CORS preflight passed without a token (EntraAllowPreflight)");
-        return OK;
+                      "ENTRA0701: CORS preflight: entra rules grant it without a token "
+                      "(EntraAllowPreflight)");
+        entra_req_state_ensure(r)->preflight = 1;
+        return DECLINED;
     }
     if (d->optional == 1) {
         int rc = authenticate(r, d, 1);

@@ -83,18 +83,27 @@ static int wanted(const require_args *a, const char *v, apr_size_t len)
     return 0;
 }
 
-/* Claims of an authenticated Entra caller, or why there are none. */
+/* Claims of an authenticated Entra caller, or why there are none. A CORS preflight let
+ * through by EntraAllowPreflight is granted with *claims NULL: see CLAIMS_OR_RETURN. */
 static authz_status claims_of(request_rec *r, json_t **claims)
 {
-    entra_req_state *st;
+    entra_req_state *st = entra_req_state_get(r);
+    *claims = NULL;
     if (!r->user)
-        return AUTHZ_DENIED_NO_USER;
-    st = entra_req_state_get(r);
+        return st && st->preflight ? AUTHZ_GRANTED : AUTHZ_DENIED_NO_USER;
     if (!st || !st->claims)
         return AUTHZ_DENIED;
     *claims = st->claims;
     return AUTHZ_GRANTED;
 }
+
+/* Returns from the provider unless there are claims to look at. */
+#define CLAIMS_OR_RETURN(r, claims)                                                                \
+    do {                                                                                           \
+        authz_status s_ = claims_of((r), &(claims));                                               \
+        if (s_ != AUTHZ_GRANTED || !(claims))                                                      \
+            return s_;                                                                             \
+    } while (0)
 
 /* A denial with its reason for ENTRA_ERROR. */
 static authz_status deny(request_rec *r, const char *why)
@@ -134,11 +143,10 @@ static int claim_matches(const require_args *a, json_t *v)
 static authz_status check_role(request_rec *r, const char *line, const void *parsed)
 {
     json_t *claims, *roles, *e;
-    authz_status s = claims_of(r, &claims);
+
     size_t i;
     (void)line;
-    if (s != AUTHZ_GRANTED)
-        return s;
+    CLAIMS_OR_RETURN(r, claims);
     roles = json_object_get(claims, "roles");
     /* Entra issues roles as an array of strings; any other shape grants nothing. */
     if (json_is_array(roles))
@@ -153,11 +161,10 @@ static authz_status check_role(request_rec *r, const char *line, const void *par
 static authz_status check_scope(request_rec *r, const char *line, const void *parsed)
 {
     json_t *claims, *scp;
-    authz_status s = claims_of(r, &claims);
+
     const char *p;
     (void)line;
-    if (s != AUTHZ_GRANTED)
-        return s;
+    CLAIMS_OR_RETURN(r, claims);
     scp = json_object_get(claims, "scp");
     if (!json_is_string(scp))
         return deny(r, "no required scope");
@@ -175,10 +182,9 @@ static authz_status check_scope(request_rec *r, const char *line, const void *pa
 static authz_status check_app(request_rec *r, const char *line, const void *parsed)
 {
     json_t *claims, *app, *ver;
-    authz_status s = claims_of(r, &claims);
+
     (void)line;
-    if (s != AUTHZ_GRANTED)
-        return s;
+    CLAIMS_OR_RETURN(r, claims);
     /* v2 tokens name the caller in azp, v1 tokens in appid. */
     ver = json_object_get(claims, "ver");
     if (json_is_string(ver) && !strcmp(json_string_value(ver), "1.0"))
@@ -197,10 +203,9 @@ static authz_status check_claim(request_rec *r, const char *line, const void *pa
 {
     const require_args *a = parsed;
     json_t *claims;
-    authz_status s = claims_of(r, &claims);
+
     (void)line;
-    if (s != AUTHZ_GRANTED)
-        return s;
+    CLAIMS_OR_RETURN(r, claims);
     return claim_matches(a, json_object_get(claims, a->claim)) ? AUTHZ_GRANTED
                                                                : deny(r, "claim value not allowed");
 }
@@ -208,9 +213,8 @@ static authz_status check_claim(request_rec *r, const char *line, const void *pa
 static authz_status check_kind(request_rec *r, entra_caller want)
 {
     json_t *claims;
-    authz_status s = claims_of(r, &claims);
-    if (s != AUTHZ_GRANTED)
-        return s;
+
+    CLAIMS_OR_RETURN(r, claims);
     if (entra_claims_caller(claims) == want)
         return AUTHZ_GRANTED;
     return deny(r, want == ENTRA_CALLER_APP ? "not an app-only token" : "not a user token");
@@ -233,10 +237,9 @@ static authz_status check_user(request_rec *r, const char *line, const void *par
 static authz_status check_group(request_rec *r, const char *line, const void *parsed)
 {
     json_t *claims;
-    authz_status s = claims_of(r, &claims);
+
     (void)line;
-    if (s != AUTHZ_GRANTED)
-        return s;
+    CLAIMS_OR_RETURN(r, claims);
     switch (entra_claims_in_groups(claims, VALUES((const require_args *)parsed))) {
     case ENTRA_MEMBER_YES:
         return AUTHZ_GRANTED;
@@ -253,10 +256,9 @@ static authz_status check_group(request_rec *r, const char *line, const void *pa
 static authz_status check_wid(request_rec *r, const char *line, const void *parsed)
 {
     json_t *claims;
-    authz_status s = claims_of(r, &claims);
+
     (void)line;
-    if (s != AUTHZ_GRANTED)
-        return s;
+    CLAIMS_OR_RETURN(r, claims);
     return entra_claims_array_has(claims, "wids", VALUES((const require_args *)parsed), 1)
                ? AUTHZ_GRANTED
                : deny(r, "no required directory role");
@@ -267,10 +269,9 @@ static authz_status check_acrs(request_rec *r, const char *line, const void *par
     const require_args *a = parsed;
     entra_req_state *st;
     json_t *claims;
-    authz_status s = claims_of(r, &claims);
+
     (void)line;
-    if (s != AUTHZ_GRANTED)
-        return s;
+    CLAIMS_OR_RETURN(r, claims);
     if (entra_claims_array_has(claims, "acrs", VALUES(a), 0))
         return AUTHZ_GRANTED;
     /* Only a client that declared it can answer a claims challenge gets one; the first

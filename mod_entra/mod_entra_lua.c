@@ -770,11 +770,13 @@ static authz_status check_lua(request_rec *r, const char *line, const void *pars
     int rc;
     (void)line;
 
+    rs = entra_req_state_ensure(r);
+    if (!r->user && rs->preflight)
+        return AUTHZ_GRANTED; /* a CORS preflight under EntraAllowPreflight */
     /* Under EntraOptional a rule decides about anonymous callers too (claims == nil); a
      * rule that denies one asks for a token (401). */
     if (!r->user && d->optional != 1)
         return AUTHZ_DENIED_NO_USER;
-    rs = entra_req_state_ensure(r);
     if (r->user && !rs->claims)
         return AUTHZ_DENIED;
     if (!d->lua_rules) {

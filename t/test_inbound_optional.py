@@ -21,6 +21,7 @@ function anon(req, claims)
   if claims == nil then return req.method == "GET", "anonymous callers may only read" end
   return claims:has_role("Orders.Read"), "no Orders.Read"
 end
+function never(req, claims) return false, "never" end
 """
 
 OPT = "EntraOptional on\n  EntraPassClaims oid roles"
@@ -37,10 +38,15 @@ def locations(rules):
         loc("/optoff", "Require all granted", "EntraOptional off\n  EntraPassClaims oid"),
         loc("/pre", "Require entra-role Orders.Read", "EntraAllowPreflight on"),
         loc("/nopre", "Require entra-role Orders.Read"),
+        loc("/preip", "<RequireAll>\n    Require entra-role Orders.Read\n    Require ip 10.255.255.1\n  </RequireAll>",
+            "EntraAllowPreflight on"),
+        loc("/prelua", "Require entra-lua never", f"EntraAllowPreflight on\n  EntraLuaRules {rules}"),
+        loc("/prevalid", "Require valid-user", "EntraAllowPreflight on"),
     ])
 
 
-PATHS = ["/opt", "/optany", "/optrole", "/optacrs", "/optlua", "/optoff", "/pre", "/nopre"]
+PATHS = ["/opt", "/optany", "/optrole", "/optacrs", "/optlua", "/optoff", "/pre", "/nopre", "/preip", "/prelua",
+         "/prevalid"]
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +170,12 @@ def test_preflight_is_only_for_options(st):
 
 def test_without_the_directive_preflight_needs_a_token(st):
     expect_no_token(options(st, "/nopre/ok.txt", PREFLIGHT))
+
+
+def test_preflight_other_rules_still_apply(st):
+    """The entra rules grant a preflight; Require ip and the like still decide."""
+    expect_status(options(st, "/preip/ok.txt", PREFLIGHT), 403)
+    expect_ok(options(st, "/prelua/ok.txt", PREFLIGHT))  # the Lua rule is not run for it
+    expect_no_token(options(st, "/prelua/ok.txt", {"Origin": "https://app.example.com"}))
+    # Require valid-user is mod_authz_user's: it still wants a caller
+    expect_no_token(options(st, "/prevalid/ok.txt", PREFLIGHT))
