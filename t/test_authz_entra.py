@@ -47,12 +47,14 @@ def locations(rules_path):
         loc("/luauser", "Require entra-lua user", f"EntraLuaRules {rules_path}"),
         loc("/luagroup", f"Require entra-lua group {GROUP}", f"EntraLuaRules {rules_path}"),
         loc("/luaacrs", "Require entra-lua acrs c1", f"EntraLuaRules {rules_path}"),
+        # nothing listens on port 9: no keys, 503
+        loc("/nokeys", "Require valid-user", "EntraAuthority http://127.0.0.1:9/"),
     ]
     return "\n".join(out)
 
 
 PATHS = ["/acrs", "/acrsany", "/acrsall", "/acrsmeta", "/apponly", "/user", "/apponlytid", "/usertid",
-         "/group", "/wid", "/luaapp", "/luauser", "/luagroup", "/luaacrs"]
+         "/group", "/wid", "/luaapp", "/luauser", "/luagroup", "/luaacrs", "/nokeys"]
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +292,10 @@ def test_entra_error_in_access_log(st):
     r = st.get("/apponly/ok.txt", headers={"X-Test-Id": t, "Authorization": "Bearer a.b.c, Bearer d.e.f"})
     expect_status(r, 400)
     cases.append((t, "more than one access token"))
+    t = tid()
+    r = get(st, "/nokeys", test_id=t)
+    expect_status(r, 503)
+    cases.append((t, "signing keys unavailable"))
     t = tid()
     expect_ok(get(st, "/apponly", test_id=t))
     cases.append((t, "-"))
