@@ -517,7 +517,8 @@ static const json_t *self_claims(lua_State *L)
     lentra_claimsref *ref = NULL;
     luaL_checktype(L, 1, LUA_TTABLE);
     if (lua_getmetatable(L, 1)) {
-        lua_getfield(L, -1, CLAIMS_REF_FIELD);
+        lua_pushliteral(L, CLAIMS_REF_FIELD);
+        lua_rawget(L, -2); /* raw: a metatable a script made runs no code of its own here */
         ref = luaL_testudata(L, -1, CLAIMSREF_MT);
         lua_pop(L, 2); /* the metatable of argument 1 keeps the reference alive */
     }
