@@ -77,6 +77,7 @@ typedef struct entra_req_state {
     int forbidden;       /* a Require denied this authenticated caller */
     int lua_failed;      /* a Lua rule failed: the request must not be served */
     int preflight;       /* a CORS preflight under EntraAllowPreflight: entra rules grant */
+    const request_rec *optional_done; /* EntraOptional verified this (sub)request's token */
     const char *denied;  /* short reason of the first Require that denied, for ENTRA_ERROR */
     const char *claims_challenge; /* an entra-acrs rule denied a cp1 client: the base64
                                      claims request of a 401 insufficient_claims */

@@ -368,9 +368,10 @@ static int check_authn(request_rec *r)
     entra_req_state *st;
     if (!is_entra(r))
         return DECLINED;
-    /* EntraOptional verified the token already (see access_ex). */
+    /* EntraOptional verified the token already (see access_ex), for this very request: a
+     * subrequest to another section is verified against that section's rules. */
     st = entra_req_state_get(r);
-    if (st && st->claims && r->user)
+    if (st && st->claims && r->user && st->optional_done == r)
         return OK;
     return authenticate(r, ap_get_module_config(r->per_dir_config, &entra_module), 0);
 }
@@ -404,6 +405,8 @@ static int access_ex(request_rec *r)
     }
     if (d->optional == 1) {
         int rc = authenticate(r, d, 1);
+        if (rc == OK)
+            entra_req_state_ensure(r)->optional_done = r;
         /* OK: the caller is known and the Require rules decide with it; DECLINED: no token,
          * the rules decide whether an anonymous caller may pass. */
         return rc == OK ? DECLINED : rc;
