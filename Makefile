@@ -7,7 +7,7 @@ LUA_PKG  = lua5.4
 
 CORE_SRC = $(wildcard mod_entra/entra_*.c)
 GLUE_SRC = mod_entra/mod_entra.c $(filter-out mod_entra/mod_entra.c,$(wildcard mod_entra/mod_entra_*.c))
-LUAV_SRC = lua/entra_lua_json.c
+LUAV_SRC = lua/entra_lua_json.c lua/entra_lua_claims.c
 HDRS     = $(wildcard mod_entra/*.h lua/*.h)
 LUA_CFLAGS := $(shell pkg-config --cflags $(LUA_PKG) 2>/dev/null) -Ilua
 LUA_LIBS    := $(shell pkg-config --libs $(LUA_PKG) 2>/dev/null)
@@ -66,14 +66,14 @@ comma := ,
 mod_entra/.libs/mod_entra.so: $(CORE_SRC) $(GLUE_SRC) $(LUAV_SRC) $(HDRS) Makefile
 	@echo "  APXS  $@"
 	@cd mod_entra && $(APXS) -c -o mod_entra.la \
-	  $(addprefix -Wc$(comma),$(WARN) $(OPT) $(DEP_CFLAGS) $(LUA_CFLAGS:-Ilua=-I../lua)) \
+	  $(addprefix -Wc$(comma),$(WARN) $(OPT) -I. $(DEP_CFLAGS) $(LUA_CFLAGS:-Ilua=-I../lua)) \
 	  $(notdir $(GLUE_SRC) $(CORE_SRC)) $(addprefix ../,$(LUAV_SRC)) \
 	  $(DEP_LIBS) $(LUA_LIBS) >build.log 2>&1 || { cat build.log; exit 1; }
 
 # ASan+UBSan DSO; apache2 runs it with the sanitizer runtimes preloaded (see t/lib/httpd.py).
 build/san/mod_entra.so: $(CORE_SRC) $(GLUE_SRC) $(LUAV_SRC) $(HDRS) Makefile
 	@mkdir -p build/san
-	$(CC) -shared -fPIC $(HTTPD_CFLAGS) $(WARN) $(OPT) $(SAN) $(DEP_CFLAGS) $(LUA_CFLAGS) -o $@ \
+	$(CC) -shared -fPIC $(HTTPD_CFLAGS) $(WARN) $(OPT) $(SAN) -Imod_entra $(DEP_CFLAGS) $(LUA_CFLAGS) -o $@ \
 	  $(GLUE_SRC) $(CORE_SRC) $(LUAV_SRC) $(DEP_LIBS) $(LUA_LIBS)
 
 # The standalone `require "entra"` module: the same core, no httpd. Lua C modules take the

@@ -30,6 +30,7 @@
 #include "entra_json.h"
 #include "entra_jwk.h"
 #include "entra_l1.h"
+#include "entra_lua_claims.h"
 #include "entra_lua_json.h"
 #include "entra_policy.h"
 #include "entra_store.h"
@@ -39,6 +40,9 @@
 #define CONTEXT_MT "entra.context"
 #define SCRATCH_MT "entra.scratch"
 #define VERIFIER_MT "entra.verifier"
+#define CLAIMSREF_MT "entra.claimsref"
+#define CLAIMS_METHODS "entra.claims.methods"
+#define CLAIMS_REF_FIELD "__entra_claims"
 
 #define DEFAULT_AUTHORITY "https://login.microsoftonline.com/"
 #define DEFAULT_ARC_KEY_DIR "/var/opt/azcmagent/tokens"
@@ -472,6 +476,77 @@ static int l_verifier(lua_State *L)
     return 1;
 }
 
+/* ------------------------------------------------------------------ verified claims */
+
+/* Verified claims are a plain table (read it, iterate it) whose protected metatable holds
+ * the verified JSON and offers the Entra methods through __index. The methods read that
+ * JSON, not the table, so a script that edits its copy cannot change their answers. */
+typedef struct {
+    json_t *claims;
+} lentra_claimsref;
+
+static int claimsref_gc(lua_State *L)
+{
+    lentra_claimsref *c = luaL_checkudata(L, 1, CLAIMSREF_MT);
+    json_decref(c->claims);
+    c->claims = NULL;
+    return 0;
+}
+
+/* Pushes `claims` as a table with the methods. */
+static void push_claims(lua_State *L, json_t *claims)
+{
+    lentra_claimsref *ref;
+    entra_lua_push_json(L, claims);
+    lua_createtable(L, 0, 3);
+    lua_getfield(L, LUA_REGISTRYINDEX, CLAIMS_METHODS);
+    lua_setfield(L, -2, "__index");
+    lua_pushliteral(L, "entra");
+    lua_setfield(L, -2, "__metatable");
+    ref = lua_newuserdatauv(L, sizeof(*ref), 0);
+    ref->claims = NULL;
+    luaL_setmetatable(L, CLAIMSREF_MT);
+    ref->claims = json_incref(claims);
+    lua_setfield(L, -2, CLAIMS_REF_FIELD);
+    lua_setmetatable(L, -2);
+}
+
+/* The verified JSON behind `self` (argument 1); raises for anything but verified claims. */
+static const json_t *self_claims(lua_State *L)
+{
+    lentra_claimsref *ref = NULL;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (lua_getmetatable(L, 1)) {
+        lua_pushliteral(L, CLAIMS_REF_FIELD);
+        lua_rawget(L, -2); /* raw: a metatable a script made runs no code of its own here */
+        ref = luaL_testudata(L, -1, CLAIMSREF_MT);
+        lua_pop(L, 2); /* the metatable of argument 1 keeps the reference alive */
+    }
+    if (!ref || !ref->claims)
+        luaL_argerror(L, 1, "verified claims expected (from verifier:verify)");
+    return ref->claims;
+}
+
+static int claims_is_app_only(lua_State *L)
+{
+    return entra_lua_is_app_only(L, self_claims(L));
+}
+
+static int claims_is_user(lua_State *L)
+{
+    return entra_lua_is_user(L, self_claims(L));
+}
+
+static int claims_in_group(lua_State *L)
+{
+    return entra_lua_in_group(L, self_claims(L), 2);
+}
+
+static int claims_has_acrs(lua_State *L)
+{
+    return entra_lua_has_acrs(L, self_claims(L), 2);
+}
+
 /* v:verify(jwt) -> claims | nil, reason */
 static int verifier_verify(lua_State *L)
 {
@@ -489,7 +564,7 @@ static int verifier_verify(lua_State *L)
     entra_verify_token(p, &lv->v, tok, len, (apr_int64_t)apr_time_sec(apr_time_now()), &res);
     switch (res.outcome) {
     case ENTRA_VERIFY_OK:
-        entra_lua_push_json(L, res.claims);
+        push_claims(L, res.claims);
         return 1;
     case ENTRA_VERIFY_UNAVAILABLE:
         luaL_pushfail(L);
@@ -907,12 +982,21 @@ int luaopen_entra(lua_State *L)
     static const luaL_Reg verifier_methods[] = {{"verify", verifier_verify},
                                                 {"close", verifier_close},
                                                 {NULL, NULL}};
+    static const luaL_Reg claimsref_mm[] = {{"__gc", claimsref_gc}, {NULL, NULL}};
+    static const luaL_Reg claims_methods[] = {{"is_app_only", claims_is_app_only},
+                                              {"is_user", claims_is_user},
+                                              {"in_group", claims_in_group},
+                                              {"has_acrs", claims_has_acrs},
+                                              {NULL, NULL}};
     lentra_ctx *ctx;
 
     luaL_checkversion(L);
     new_metatable(L, CONTEXT_MT, context_mm, NULL);
     new_metatable(L, SCRATCH_MT, scratch_mm, NULL);
     new_metatable(L, VERIFIER_MT, verifier_mm, verifier_methods);
+    new_metatable(L, CLAIMSREF_MT, claimsref_mm, NULL);
+    luaL_newlib(L, claims_methods);
+    lua_setfield(L, LUA_REGISTRYINDEX, CLAIMS_METHODS);
 
     /* The context gets its finalizer before it holds anything, so errors below unwind. */
     ctx = lua_newuserdatauv(L, sizeof(*ctx), 0);

@@ -162,6 +162,11 @@ static apr_status_t fetch_doc_keys(entra_source *src, apr_pool_t *p, const char 
         *why = apr_pstrcat(p, "discovery ", meta, ": jwks_uri is not https", NULL);
         return APR_EGENERAL;
     }
+    /* Apps with a claims-mapping policy sign with their own keys, which Entra lists only
+     * at jwks_uri?appid=<the app's client id>. */
+    if (src->jwks_query)
+        *jwks_uri = apr_pstrcat(p, *jwks_uri, strchr(*jwks_uri, '?') ? "&" : "?",
+                                src->jwks_query, NULL);
     if ((rv = get_json(src, p, *jwks_uri, &jwks, why)) != APR_SUCCESS ||
         (rv = entra_keyset_from_jwks(p, jwks, *jwks_uri, ks, why)) != APR_SUCCESS) {
         *why = apr_pstrcat(p, "JWKS ", *jwks_uri, ": ", *why, NULL);

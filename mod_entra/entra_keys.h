@@ -28,6 +28,7 @@ typedef struct entra_source {
     const char *meta_v2; /* discovery document (v2, or the custom metadata URL) */
     const char *meta_v1; /* Entra v1 discovery document, or NULL */
     int entra;           /* Entra issuer rules apply */
+    const char *jwks_query; /* appended to jwks_uri (e.g. "appid=<id>"), or NULL */
     entra_http_opts http;
     long refresh_interval; /* seconds between background refreshes */
     long refetch_interval; /* minimum seconds between unknown-kid refetches */

@@ -21,6 +21,53 @@ int entra_is_guid(const char *s)
     return 1;
 }
 
+/* Issuer hosts per cloud (v2 first, then v1), from Microsoft's national-cloud documentation
+ * and its Q&A on sovereign-cloud token issuers: Azure Government keeps the public v1 issuer
+ * host (sts.windows.net); China's v2 issuer is login.partner.microsoftonline.cn (the
+ * authority login.chinacloudapi.cn announced it under its own name before). */
+static const struct {
+    const char *name, *authority, *hosts[4];
+} clouds[] = {
+    [ENTRA_CLOUD_PUBLIC] = {"public", "https://login.microsoftonline.com/",
+                            {"https://login.microsoftonline.com/", "https://sts.windows.net/"}},
+    [ENTRA_CLOUD_USGOV] = {"usgov", "https://login.microsoftonline.us/",
+                           {"https://login.microsoftonline.us/", "https://sts.windows.net/"}},
+    [ENTRA_CLOUD_CHINA] = {"china", "https://login.chinacloudapi.cn/",
+                           {"https://login.partner.microsoftonline.cn/",
+                            "https://login.chinacloudapi.cn/", "https://sts.chinacloudapi.cn/"}},
+};
+
+entra_cloud entra_cloud_from_name(const char *name)
+{
+    int c;
+    for (c = ENTRA_CLOUD_PUBLIC; c <= ENTRA_CLOUD_CHINA; c++)
+        if (!strcmp(name, clouds[c].name))
+            return (entra_cloud)c;
+    return ENTRA_CLOUD_ANY;
+}
+
+const char *entra_cloud_authority(entra_cloud c)
+{
+    return c == ENTRA_CLOUD_ANY ? NULL : clouds[c].authority;
+}
+
+int entra_cloud_issuer_ok(entra_cloud c, const char *iss)
+{
+    int i;
+    if (c == ENTRA_CLOUD_ANY)
+        return 1;
+    for (i = 0; i < 4 && clouds[c].hosts[i]; i++)
+        if (!strncmp(iss, clouds[c].hosts[i], strlen(clouds[c].hosts[i])))
+            return 1;
+    return 0;
+}
+
+/* The v1 issuer host when the v1 document could not be fetched. */
+static const char *v1_host(entra_cloud c)
+{
+    return c == ENTRA_CLOUD_CHINA ? "https://sts.chinacloudapi.cn/" : "https://sts.windows.net/";
+}
+
 /* Replaces Entra's {tenantid} template with the tenant. */
 static const char *templated(apr_pool_t *p, const char *issuer, const char *tid)
 {
@@ -38,12 +85,12 @@ static const char *token_tenant(const entra_policy *pol, const json_t *claims)
 }
 
 /* The issuers Entra uses for `tid`: v2 and v1 (the canonical v1 one when undiscovered). */
-static void issuers_for(apr_pool_t *p, const entra_issuers *iss, const char *tid,
-                        const char **v2, const char **v1)
+static void issuers_for(apr_pool_t *p, const entra_policy *pol, const entra_issuers *iss,
+                        const char *tid, const char **v2, const char **v1)
 {
     *v2 = templated(p, iss->v2, tid);
     *v1 = iss->v1 ? templated(p, iss->v1, tid)
-                  : apr_pstrcat(p, "https://sts.windows.net/", tid, "/", NULL);
+                  : apr_pstrcat(p, v1_host(pol->cloud), tid, "/", NULL);
 }
 
 static int tenant_allowed(const entra_policy *pol, const char *tid)
@@ -96,9 +143,15 @@ static apr_status_t check_issuer(apr_pool_t *p, const entra_policy *pol,
         *why = "token tid does not match the tenant";
         return APR_EINVAL;
     }
-    issuers_for(p, iss, tid, &v2, &v1);
+    issuers_for(p, pol, iss, tid, &v2, &v1);
     if (strcmp(tok_iss, v2) != 0 && strcmp(tok_iss, v1) != 0) {
         *why = "token issuer not accepted";
+        return APR_EINVAL;
+    }
+    /* Discovery answered for the authority; the cloud says which issuers belong to it, so
+     * an authority of another cloud (or a document naming one) cannot slip its tokens in. */
+    if (!entra_cloud_issuer_ok(pol->cloud, tok_iss)) {
+        *why = "token issuer belongs to another cloud";
         return APR_EINVAL;
     }
     return APR_SUCCESS;
@@ -211,6 +264,6 @@ int entra_policy_key_issuer_ok(apr_pool_t *p, const entra_policy *pol,
     if (!tid)
         return 0;
     kiss = templated(p, key->issuer, tid);
-    issuers_for(p, iss, tid, &v2, &v1);
+    issuers_for(p, pol, iss, tid, &v2, &v1);
     return strcmp(kiss, v2) == 0 || strcmp(kiss, v1) == 0;
 }

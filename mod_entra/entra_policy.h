@@ -8,6 +8,23 @@
 
 #include "entra_jwk.h"
 
+/* Microsoft's cloud instances: each has its own authority and token issuer hosts. */
+typedef enum {
+    ENTRA_CLOUD_ANY = 0, /* not configured: discovery alone decides the issuers */
+    ENTRA_CLOUD_PUBLIC,
+    ENTRA_CLOUD_USGOV,
+    ENTRA_CLOUD_CHINA
+} entra_cloud;
+
+/* "public", "usgov", "china" -> the cloud; ENTRA_CLOUD_ANY for anything else. */
+entra_cloud entra_cloud_from_name(const char *name);
+
+/* The cloud's authority, e.g. "https://login.microsoftonline.us/"; NULL for ANY. */
+const char *entra_cloud_authority(entra_cloud c);
+
+/* True when `iss` is on one of the cloud's issuer hosts (always true for ANY). */
+int entra_cloud_issuer_ok(entra_cloud c, const char *iss);
+
 typedef struct entra_policy {
     const char *tenant;                  /* lower-case GUID, "common", "organizations", or NULL
                                             for a non-Entra issuer (EntraMetadataURL) */
@@ -17,6 +34,7 @@ typedef struct entra_policy {
     long clock_skew;                     /* seconds */
     long max_lifetime;                   /* seconds */
     unsigned alg_mask;                   /* ENTRA_ALG_BIT()s */
+    entra_cloud cloud;                   /* issuer hosts the token must come from */
 } entra_policy;
 
 /* Issuers announced by discovery; Entra's multi-tenant documents hold "{tenantid}". */

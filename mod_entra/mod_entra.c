@@ -35,6 +35,8 @@ static entra_l1 *process_l1;
 typedef struct {
     const char *tenant, *authority, *metadata_url, *ca_file;
     long refetch, refresh;
+    int cloud, app_keys;
+    const apr_array_header_t *audiences; /* names the app id when app_keys */
     entra_source *src;
 } recent_t;
 static recent_t recent[RECENT];
@@ -54,10 +56,11 @@ static void log_sink(void *baton, entra_log_level level, const char *msg)
 /* One source per distinct discovery configuration, shared by all routes using it. */
 entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d)
 {
-    const char *authority = entra_conf_authority(d), *v2, *v1 = NULL, *key;
+    const char *authority = entra_conf_authority(d), *v2, *v1 = NULL, *key, *appid = NULL;
     unsigned char md[SHA256_DIGEST_LENGTH];
     entra_source *src;
     long refetch = d->refetch_interval, refresh = d->refresh_interval;
+    int app_keys = d->app_signing_keys == 1 && !d->metadata_url;
     char id[20];
     int i;
 
@@ -68,7 +71,8 @@ entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d)
         recent_t *e = &recent[i];
         if (e->src && e->tenant == d->tenant && e->authority == d->authority &&
             e->metadata_url == d->metadata_url && e->ca_file == d->ca_file &&
-            e->refetch == refetch && e->refresh == refresh) {
+            e->refetch == refetch && e->refresh == refresh && e->cloud == d->cloud &&
+            e->app_keys == app_keys && (!app_keys || e->audiences == d->audiences)) {
             src = e->src;
             apr_thread_mutex_unlock(sources_mu);
             return src;
@@ -80,9 +84,12 @@ entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d)
         v2 = apr_pstrcat(tmp, authority, d->tenant, "/v2.0/.well-known/openid-configuration", NULL);
         v1 = apr_pstrcat(tmp, authority, d->tenant, "/.well-known/openid-configuration", NULL);
     }
-    /* Entra rules or not is part of the identity: a metadata URL may equal a tenant's. */
-    key = apr_psprintf(tmp, "%c|%s|%s|%ld|%ld", d->metadata_url ? 'm' : 'e', v2,
-                       d->ca_file ? d->ca_file : "", refetch, refresh);
+    if (app_keys)
+        appid = apr_pstrcat(tmp, "appid=", entra_conf_app_id(d), NULL);
+    /* Entra rules or not is part of the identity: a metadata URL may equal a tenant's. So
+     * are an app's own signing keys: they are another key set at the same discovery URL. */
+    key = apr_psprintf(tmp, "%c|%s|%s|%ld|%ld|%s", d->metadata_url ? 'm' : 'e', v2,
+                       d->ca_file ? d->ca_file : "", refetch, refresh, appid ? appid : "");
     apr_thread_mutex_lock(sources_mu);
     src = apr_hash_get(sources, key, APR_HASH_KEY_STRING);
     if (!src) {
@@ -93,6 +100,10 @@ entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d)
         if (entra_source_create(sources_pool, id, v2, v1, !d->metadata_url, &src) ==
             APR_SUCCESS) {
             src->http.ca_file = d->ca_file ? apr_pstrdup(sources_pool, d->ca_file) : NULL;
+            src->jwks_query = appid ? apr_pstrdup(sources_pool, appid) : NULL;
+            ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, log_server,
+                         "ENTRA0700: key source %s: discovery %s%s%s", src->id, v2,
+                         appid ? ", JWKS with " : "", appid ? appid : "");
             src->http.cancel = &upkeep_stop;
             if (refetch != ENTRA_UNSET)
                 src->refetch_interval = refetch;
@@ -112,6 +123,9 @@ entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d)
         e->ca_file = d->ca_file;
         e->refetch = refetch;
         e->refresh = refresh;
+        e->cloud = d->cloud;
+        e->app_keys = app_keys;
+        e->audiences = d->audiences;
         e->src = src;
     }
     apr_thread_mutex_unlock(sources_mu);

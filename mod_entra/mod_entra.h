@@ -42,6 +42,10 @@ typedef struct entra_dir_conf {
     struct entra_proxy_token *proxy_token; /* EntraProxyToken, or NULL */
     struct entra_lua_rules *lua_rules;     /* EntraLuaRules, or NULL */
     int proxy_on_error_pass;               /* ENTRA_UNSET, 0 deny, 1 pass */
+    int optional;                          /* EntraOptional: ENTRA_UNSET, 0, 1 */
+    int allow_preflight;                   /* EntraAllowPreflight: ENTRA_UNSET, 0, 1 */
+    int app_signing_keys;                  /* EntraAppSigningKeys: ENTRA_UNSET, 0, 1 */
+    int cloud;                             /* EntraCloud: entra_cloud, ENTRA_CLOUD_ANY unset */
 } entra_dir_conf;
 
 /* One EntraProxyToken line; merged configs share it, so resolving it once serves all. */
@@ -68,12 +72,17 @@ typedef struct entra_srv_conf {
 
 /* What authentication established for a request, for the authz providers and filters. */
 typedef struct entra_req_state {
-    json_t *claims;      /* verified claims */
+    json_t *claims;      /* verified claims; NULL for an anonymous caller (EntraOptional) */
     const char *token_id;
     int forbidden;       /* a Require denied this authenticated caller */
     int lua_failed;      /* a Lua rule failed: the request must not be served */
     int authn_done;      /* authentication ran for this request_rec ... */
     int authn_status;    /* ... and decided this (OK, DECLINED or an HTTP status) */
+    int preflight;       /* a CORS preflight under EntraAllowPreflight: entra rules grant */
+    const request_rec *optional_done; /* EntraOptional verified this (sub)request's token */
+    const char *denied;  /* short reason of the first Require that denied, for ENTRA_ERROR */
+    const char *claims_challenge; /* an entra-acrs rule denied a cp1 client: the base64
+                                     claims request of a 401 insufficient_claims */
 } entra_req_state;
 
 extern const command_rec entra_cmds[];
@@ -128,6 +137,19 @@ void entra_expr_register_hooks(apr_pool_t *p);
 
 /* The request's verified state, or NULL. */
 entra_req_state *entra_req_state_get(request_rec *r);
+
+/* The request's state, created (anonymous) when there is none yet. */
+entra_req_state *entra_req_state_ensure(request_rec *r);
+
+/* Records why the module answers 400/401/403/503 in env ENTRA_ERROR (a short reason, never
+ * token content), for %{ENTRA_ERROR}e in a LogFormat. */
+void entra_note_error(request_rec *r, const char *why);
+
+/* A Require provider denies an authenticated caller: keeps the first reason. */
+void entra_note_denied(request_rec *r, entra_req_state *st, const char *why);
+
+/* The API's client id for EntraAppSigningKeys: the first GUID among EntraAudience. */
+const char *entra_conf_app_id(const entra_dir_conf *d);
 
 /* Outbound tokens (mod_entra_proxy.c). */
 const char *entra_cmd_identity(cmd_parms *cmd, void *dv, const char *args);

@@ -14,6 +14,7 @@
 #include <apr_lib.h>
 
 #include "entra_json.h"
+#include "entra_policy.h"
 #include "mod_entra.h"
 
 APLOG_USE_MODULE(entra);
@@ -25,6 +26,31 @@ entra_req_state *entra_req_state_get(request_rec *r)
     while (r->main)
         r = r->main;
     return ap_get_module_config(r->request_config, &entra_module);
+}
+
+entra_req_state *entra_req_state_ensure(request_rec *r)
+{
+    entra_req_state *st;
+    while (r->main)
+        r = r->main;
+    st = ap_get_module_config(r->request_config, &entra_module);
+    if (!st) {
+        st = apr_pcalloc(r->pool, sizeof(*st));
+        ap_set_module_config(r->request_config, &entra_module, st);
+    }
+    return st;
+}
+
+void entra_note_error(request_rec *r, const char *why)
+{
+    apr_table_setn(r->subprocess_env, "ENTRA_ERROR", why);
+}
+
+void entra_note_denied(request_rec *r, entra_req_state *st, const char *why)
+{
+    (void)r;
+    if (!st->denied)
+        st->denied = why;
 }
 
 static int is_entra(request_rec *r)
@@ -243,9 +269,11 @@ static const char *claim_or_dash(json_t *claims, const char *name)
     return v ? v : "-";
 }
 
-static int authenticate_once(request_rec *r)
+/* Finds and verifies the token; on success the request carries the caller (r->user, the
+ * claims, ENTRA_* env, X-Entra-* headers). A request without a token gets 401 unless
+ * `anonymous_ok`, where it returns DECLINED and stays anonymous. */
+static int authenticate(request_rec *r, entra_dir_conf *d, int anonymous_ok)
 {
-    entra_dir_conf *d = ap_get_module_config(r->per_dir_config, &entra_module);
     entra_verifier v;
     entra_verify_result res;
     entra_req_state *st;
@@ -253,8 +281,6 @@ static int authenticate_once(request_rec *r)
     apr_size_t len = 0;
     json_t *user;
 
-    if (!is_entra(r))
-        return DECLINED;
     strip_entra_headers(r->headers_in);
     if ((!d->tenant && !d->metadata_url) || !d->audiences) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
@@ -263,16 +289,21 @@ static int authenticate_once(request_rec *r)
     }
     switch (find_token(r, d, &tok, &len)) {
     case TOK_NONE:
+        if (anonymous_ok)
+            return DECLINED;
+        entra_note_error(r, "no access token");
         entra_challenge(r, NULL, NULL);
         return HTTP_UNAUTHORIZED;
     case TOK_MANY:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       "ENTRA0202: request rejected: more than one access token");
+        entra_note_error(r, "more than one access token");
         entra_challenge(r, "invalid_request", "more than one access token in the request");
         return HTTP_BAD_REQUEST;
     case TOK_MALFORMED:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       "ENTRA0203: request rejected: malformed Authorization header");
+        entra_note_error(r, "malformed Authorization header");
         entra_challenge(r, "invalid_request", "malformed Authorization header");
         return HTTP_BAD_REQUEST;
     case TOK_ONE:
@@ -288,6 +319,7 @@ static int authenticate_once(request_rec *r)
     v.policy.clock_skew = entra_conf_clock_skew(d);
     v.policy.max_lifetime = entra_conf_max_lifetime(d);
     v.policy.alg_mask = entra_conf_alg_mask(d);
+    v.policy.cloud = (entra_cloud)d->cloud;
     v.source = entra_source_for(r->pool, d);
     v.vtab = entra_cache_vtab();
     v.l1 = entra_process_l1();
@@ -302,6 +334,7 @@ static int authenticate_once(request_rec *r)
                       "ENTRA0205: signing keys unavailable, answering 503 (token id %s): %s",
                       res.token_id, res.why);
         apr_table_setn(r->err_headers_out, "Retry-After", "10");
+        entra_note_error(r, "signing keys unavailable");
         return HTTP_SERVICE_UNAVAILABLE;
     }
     if (res.outcome == ENTRA_VERIFY_OK) {
@@ -322,14 +355,14 @@ static int authenticate_once(request_rec *r)
                       "ENTRA0206: token rejected: %s (token id %s, %sapp %s, %soid %s%s)",
                       res.why, res.token_id, said, app, said, claim_or_dash(res.claims, "oid"),
                       res.cached ? ", cached" : "");
+        entra_note_error(r, res.why);
         entra_challenge(r, "invalid_token", res.why);
         return HTTP_UNAUTHORIZED;
     }
 
-    st = apr_pcalloc(r->pool, sizeof(*st));
+    st = entra_req_state_ensure(r);
     st->claims = res.claims;
     st->token_id = res.token_id;
-    ap_set_module_config(r->request_config, &entra_module, st);
     r->user = apr_pstrdup(r->pool, json_string_value(user));
     r->ap_auth_type = "Entra";
     apr_table_setn(r->subprocess_env, "ENTRA_TOKEN_ID", res.token_id);
@@ -340,28 +373,106 @@ static int authenticate_once(request_rec *r)
 }
 
 /* Authentication runs once per request: from httpd's check_authn phase, or earlier when an
- * expression asks for a claim (mod_entra_expr.c). The outcome, and its status, are kept on
- * the request itself (never its main request: a subrequest may be another route). */
-int entra_authenticate(request_rec *r)
+ * expression asks for a claim (mod_entra_expr.c). Its answer is kept on the request itself
+ * (never its main request: a subrequest may be another route) and given again; an
+ * anonymous pass under EntraOptional is not an answer to keep. */
+static int authenticate_once(request_rec *r, int anonymous_ok)
 {
-    entra_req_state *st = ap_get_module_config(r->request_config, &entra_module);
+    entra_req_state *own = ap_get_module_config(r->request_config, &entra_module), *st;
     int rc;
 
-    if (st && st->authn_done)
-        return st->authn_status;
-    rc = authenticate_once(r);
-    if (!(st = ap_get_module_config(r->request_config, &entra_module))) {
-        st = apr_pcalloc(r->pool, sizeof(*st));
-        ap_set_module_config(r->request_config, &entra_module, st);
+    if (own && own->authn_done)
+        return own->authn_status;
+    if (!is_entra(r))
+        return DECLINED;
+    /* EntraOptional verified the token already (see access_ex), for this very request: a
+     * subrequest to another section is verified against that section's rules. */
+    st = entra_req_state_get(r);
+    if (st && st->claims && r->user && st->optional_done == r)
+        return OK;
+    rc = authenticate(r, ap_get_module_config(r->per_dir_config, &entra_module), anonymous_ok);
+    if (rc == DECLINED)
+        return rc;
+    if (!(own = ap_get_module_config(r->request_config, &entra_module))) {
+        own = apr_pcalloc(r->pool, sizeof(*own));
+        ap_set_module_config(r->request_config, &entra_module, own);
     }
-    st->authn_done = 1;
-    st->authn_status = rc;
+    own->authn_done = 1;
+    own->authn_status = rc;
     return rc;
+}
+
+int entra_authenticate(request_rec *r)
+{
+    const entra_dir_conf *d = ap_get_module_config(r->per_dir_config, &entra_module);
+    return authenticate_once(r, d->optional == 1);
 }
 
 static int check_authn(request_rec *r)
 {
-    return entra_authenticate(r);
+    return authenticate_once(r, 0);
+}
+
+/* A CORS preflight: the browser sends it without credentials, by design (Fetch standard). */
+static int is_preflight(request_rec *r)
+{
+    return r->method_number == M_OPTIONS && apr_table_get(r->headers_in, "Origin") &&
+           apr_table_get(r->headers_in, "Access-Control-Request-Method") &&
+           !apr_table_get(r->headers_in, "Authorization");
+}
+
+/* Runs before mod_authz_core's userless check, which under `Require all granted` (or any
+ * rule granting without a user) skips authentication altogether: EntraOptional must look
+ * at a token that is present all the same, and EntraAllowPreflight marks preflights before
+ * any rule can ask for a token. */
+static int access_ex(request_rec *r)
+{
+    entra_dir_conf *d;
+    if (!is_entra(r))
+        return DECLINED;
+    d = ap_get_module_config(r->per_dir_config, &entra_module);
+    if (d->allow_preflight == 1 && is_preflight(r)) {
+        /* The entra-* rules grant it; every other rule of the section (Require ip, ...)
+         * still applies. */
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
+                      "ENTRA0701: CORS preflight: entra rules grant it without a token "
+                      "(EntraAllowPreflight)");
+        entra_req_state_ensure(r)->preflight = 1;
+        return DECLINED;
+    }
+    if (d->optional == 1) {
+        int rc = authenticate(r, d, 1);
+        if (rc == OK)
+            entra_req_state_ensure(r)->optional_done = r;
+        /* OK: the caller is known and the Require rules decide with it; DECLINED: no token,
+         * the rules decide whether an anonymous caller may pass. */
+        return rc == OK ? DECLINED : rc;
+    }
+    return DECLINED;
+}
+
+/* A Require denied a caller whose token was valid: a claims challenge (401, returns 1)
+ * when an entra-acrs rule asked for one, else RFC 6750's 403 insufficient_scope (0). */
+static int denied_answer(request_rec *r, entra_req_state *st)
+{
+    if (st->claims_challenge) {
+        /* An entra-acrs rule denied a client that declared cp1: ask it to come back with
+         * the authentication context (a Conditional Access step-up), in Microsoft's
+         * claims-challenge form. Clients without cp1 get the 403: they would loop. */
+        const entra_dir_conf *d = ap_get_module_config(r->per_dir_config, &entra_module);
+        const char *v = apr_psprintf(r->pool, "Bearer realm=\"%s\"", quoted(r->pool, realm(r)));
+        if (d->tenant && !d->metadata_url)
+            v = apr_psprintf(r->pool, "%s, authorization_uri=\"%s%s/oauth2/v2.0/authorize\"", v,
+                             entra_conf_authority(d), d->tenant);
+        apr_table_setn(r->err_headers_out, "WWW-Authenticate",
+                       apr_psprintf(r->pool, "%s, error=\"insufficient_claims\", claims=\"%s\"",
+                                    v, st->claims_challenge));
+        entra_note_error(r, "authentication context required");
+        return 1;
+    }
+    entra_note_error(r, st->denied ? st->denied : "denied by the Require rules");
+    entra_challenge(r, "insufficient_scope", "the token does not grant access to this resource");
+    return 0;
 }
 
 /* Called by mod_authz_core for AuthType Entra when it answers 401. */
@@ -372,21 +483,24 @@ static int note_auth_failure(request_rec *r, const char *auth_type)
         return DECLINED;
     st = entra_req_state_get(r);
     if (st && st->claims) {
-        /* The token was fine; a Require denied it. RFC 6750 says 403 insufficient_scope. */
-        st->forbidden = 1;
-        entra_challenge(r, "insufficient_scope", "the token does not grant access to this resource");
+        /* The token was fine; a Require denied it. */
+        if (!denied_answer(r, st))
+            st->forbidden = 1;
     }
     else if (!apr_table_get(r->err_headers_out, "WWW-Authenticate")) {
+        entra_note_error(r, "no access token");
         entra_challenge(r, NULL, NULL);
     }
     return OK;
 }
 
 /* mod_authz_core answers a denied, authenticated caller with 401 (unless
- * AuthzSendForbiddenOnFailure); turn that into the 403 RFC 6750 asks for. And when an
- * expression authenticated the request before authorization (Require expr, <If>) and found
- * no valid token, mod_authz_core answers 403: the caller gets the 401 or 400 that
- * authentication decided, with its challenge. */
+ * AuthzSendForbiddenOnFailure); turn that into the 403 RFC 6750 asks for. Under
+ * EntraOptional the caller is known before mod_authz_core's userless check, which denies
+ * with a bare 403 without asking note_auth_failure: give that one the same answers. And
+ * when an expression authenticated the request before authorization (Require expr, <If>)
+ * and found no valid token, mod_authz_core answers 403: the caller gets the 401 or 400
+ * that authentication decided, with its challenge. */
 static void insert_error_filter(request_rec *r)
 {
     entra_req_state *st = entra_req_state_get(r);
@@ -395,22 +509,37 @@ static void insert_error_filter(request_rec *r)
     if (st && st->forbidden && r->status == HTTP_UNAUTHORIZED) {
         r->status = HTTP_FORBIDDEN;
     }
+    else if (st && st->claims && r->status == HTTP_FORBIDDEN && !st->forbidden && is_entra(r) &&
+             !apr_table_get(r->err_headers_out, "WWW-Authenticate") &&
+             ((entra_dir_conf *)ap_get_module_config(r->per_dir_config, &entra_module))
+                     ->optional == 1) {
+        st->forbidden = 1;
+        if (!denied_answer(r, st))
+            return;
+        r->status = HTTP_UNAUTHORIZED;
+    }
     else if (own && own->authn_done && !own->claims && r->status == HTTP_FORBIDDEN &&
              (own->authn_status == HTTP_UNAUTHORIZED || own->authn_status == HTTP_BAD_REQUEST)) {
         r->status = own->authn_status;
     }
-    else {
-        if (own && own->claims && r->status == HTTP_FORBIDDEN &&
-            !apr_table_get(r->err_headers_out, "WWW-Authenticate"))
-            entra_challenge(r, "insufficient_scope",
-                            "the token does not grant access to this resource");
-        return;
+    else if (own && own->claims && r->status == HTTP_FORBIDDEN && is_entra(r) &&
+             !apr_table_get(r->err_headers_out, "WWW-Authenticate")) {
+        /* An expression authenticated the caller and the rules denied it before httpd's
+         * authentication phase: the same answers as any denied caller. */
+        own->forbidden = 1;
+        if (!denied_answer(r, own))
+            return;
+        r->status = HTTP_UNAUTHORIZED;
     }
+    else
+        return;
     r->status_line = NULL;
     ap_add_output_filter(STATUS_BODY_FILTER, NULL, r, r->connection);
 }
 
-/* Replaces the canned error page with the one of the status set above. */
+/* Replaces the canned error page with the one of the status set above: 403 for a denied
+ * caller, 401 for a missing or invalid token or a claims challenge, 400 for a malformed
+ * request. */
 static apr_status_t status_body_filter(ap_filter_t *f, apr_bucket_brigade *bb)
 {
     static const char forbidden[] =
@@ -420,7 +549,8 @@ static apr_status_t status_body_filter(ap_filter_t *f, apr_bucket_brigade *bb)
     static const char unauthorized[] =
         "<!DOCTYPE HTML PUBLIC \"-//IETF//DTD HTML 2.0//EN\">\n<html><head>\n"
         "<title>401 Unauthorized</title>\n</head><body>\n<h1>Unauthorized</h1>\n"
-        "<p>A valid access token is required.</p>\n</body></html>\n";
+        "<p>A valid access token (with the authentication context this resource needs) is "
+        "required.</p>\n</body></html>\n";
     static const char bad_request[] =
         "<!DOCTYPE HTML PUBLIC \"-//IETF//DTD HTML 2.0//EN\">\n<html><head>\n"
         "<title>400 Bad Request</title>\n</head><body>\n<h1>Bad Request</h1>\n"
@@ -451,6 +581,7 @@ void entra_authn_register_hooks(apr_pool_t *p)
 {
     (void)p;
     ap_hook_post_read_request(post_read_request, NULL, NULL, APR_HOOK_FIRST);
+    ap_hook_check_access_ex(access_ex, NULL, NULL, APR_HOOK_FIRST, AP_AUTH_INTERNAL_PER_CONF);
     ap_hook_check_authn(check_authn, NULL, NULL, APR_HOOK_MIDDLE, AP_AUTH_INTERNAL_PER_CONF);
     ap_hook_note_auth_failure(note_auth_failure, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_insert_error_filter(insert_error_filter, NULL, NULL, APR_HOOK_MIDDLE);

@@ -30,6 +30,9 @@ void *entra_create_dir_conf(apr_pool_t *p, char *dir)
     d->refetch_interval = ENTRA_UNSET;
     d->refresh_interval = ENTRA_UNSET;
     d->proxy_on_error_pass = ENTRA_UNSET;
+    d->optional = ENTRA_UNSET;
+    d->allow_preflight = ENTRA_UNSET;
+    d->app_signing_keys = ENTRA_UNSET;
     return d;
 }
 
@@ -66,6 +69,10 @@ void *entra_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     MERGE_PTR(proxy_token);
     MERGE_PTR(lua_rules);
     MERGE_NUM(proxy_on_error_pass);
+    MERGE_NUM(optional);
+    MERGE_NUM(allow_preflight);
+    MERGE_NUM(app_signing_keys);
+    MERGE_BITS(cloud);
     return n;
 }
 
@@ -103,7 +110,21 @@ unsigned entra_conf_token_in(const entra_dir_conf *d)
 
 const char *entra_conf_authority(const entra_dir_conf *d)
 {
-    return d->authority ? d->authority : DEFAULT_AUTHORITY;
+    /* EntraAuthority stays authoritative (tests, proxies); EntraCloud sets the default. */
+    if (d->authority)
+        return d->authority;
+    return d->cloud ? entra_cloud_authority((entra_cloud)d->cloud) : DEFAULT_AUTHORITY;
+}
+
+const char *entra_conf_app_id(const entra_dir_conf *d)
+{
+    int i;
+    for (i = 0; d->audiences && i < d->audiences->nelts; i++) {
+        const char *a = APR_ARRAY_IDX(d->audiences, i, const char *);
+        if (entra_is_guid(a))
+            return a;
+    }
+    return NULL;
 }
 
 /* Lower-cases a GUID; NULL when `s` is not one. */
@@ -304,6 +325,31 @@ static const char *cmd_pass_claims(cmd_parms *cmd, void *dv, const char *arg)
     return NULL;
 }
 
+static const char *cmd_flag(cmd_parms *cmd, void *dv, int on)
+{
+    entra_dir_conf *d = dv;
+    switch (*(const char *)cmd->info) {
+    case 'o':
+        d->optional = on;
+        break;
+    case 'p':
+        d->allow_preflight = on;
+        break;
+    default:
+        d->app_signing_keys = on;
+    }
+    return NULL;
+}
+
+static const char *cmd_cloud(cmd_parms *cmd, void *dv, const char *arg)
+{
+    entra_cloud c = entra_cloud_from_name(arg);
+    if (c == ENTRA_CLOUD_ANY)
+        return apr_psprintf(cmd->pool, "EntraCloud: '%s' is not public, usgov or china", arg);
+    ((entra_dir_conf *)dv)->cloud = (int)c;
+    return NULL;
+}
+
 static const char *cmd_cache(cmd_parms *cmd, void *dv, const char *arg)
 {
     entra_srv_conf *sc = ap_get_module_config(cmd->server->module_config, &entra_module);
@@ -366,6 +412,17 @@ const command_rec entra_cmds[] = {
                   "Minimum seconds between key refetches for unknown kids (default 60)"),
     AP_INIT_TAKE1("EntraKeyRefreshInterval", cmd_refresh, NULL, DIR_CMD,
                   "Seconds between background key refreshes (default 86400)"),
+    AP_INIT_FLAG("EntraOptional", cmd_flag, (void *)"o", DIR_CMD,
+                 "On: requests without a token pass anonymously where the Require rules "
+                 "allow it; a token that is present must be valid"),
+    AP_INIT_FLAG("EntraAllowPreflight", cmd_flag, (void *)"p", DIR_CMD,
+                 "On: CORS preflight requests (OPTIONS with Origin and "
+                 "Access-Control-Request-Method, no Authorization) pass without a token"),
+    AP_INIT_FLAG("EntraAppSigningKeys", cmd_flag, (void *)"k", DIR_CMD,
+                 "On: the API signs with its own keys (claims-mapping policy): fetch them "
+                 "from jwks_uri?appid=<the GUID in EntraAudience>"),
+    AP_INIT_TAKE1("EntraCloud", cmd_cloud, NULL, DIR_CMD,
+                  "public, usgov or china: the cloud's authority and token issuer hosts"),
     AP_INIT_TAKE1("EntraCache", cmd_cache, NULL, RSRC_CONF,
                   "Shared cache: socache provider[:args] (default shmcb)"),
     AP_INIT_TAKE1("EntraTokenCacheEntries", cmd_token_cache_entries, NULL, RSRC_CONF,
@@ -439,6 +496,10 @@ static int check_one(server_rec *s, const char *where, const entra_dir_conf *d)
         return section_error(s, where,
                              "AuthType Entra needs EntraAudience: add 'EntraAudience "
                              "api://<app-id> <app-id>'");
+    if (d->app_signing_keys == 1 && !d->metadata_url && !entra_conf_app_id(d))
+        return section_error(s, where,
+                             "EntraAppSigningKeys on needs the API's client id (a GUID) in "
+                             "EntraAudience: its keys are at jwks_uri?appid=<client id>");
     if (d->tenant && (!strcmp(d->tenant, "common") || !strcmp(d->tenant, "organizations")) &&
         !d->metadata_url && !d->allowed_tenants)
         return section_error(s, where,
@@ -447,6 +508,14 @@ static int check_one(server_rec *s, const char *where, const entra_dir_conf *d)
                                          "EntraAllowedTenants",
                                          NULL));
     return OK;
+}
+
+/* `parent` is `child` or a path prefix of it ending at a '/'. */
+static int path_parent(const char *parent, const char *child)
+{
+    apr_size_t n = strlen(parent);
+    return strncmp(child, parent, n) == 0 &&
+           (n == 0 || parent[n - 1] == '/' || child[n] == '/' || child[n] == '\0');
 }
 
 /* Calls `fn` on the merged configuration of each section nested in `own` (<Files>, <If>,
@@ -499,11 +568,12 @@ int entra_walk_sections(server_rec *s, apr_pool_t *ptemp, entra_section_fn fn, v
                 core_dir_config *ci = ap_get_core_module_config(sv[i]);
                 ap_conf_vector_t *m = s->lookup_defaults;
                 const char *where;
-                /* A section inherits from the sections above it whose path prefixes it. */
+                /* A section inherits from the sections above it whose path is a prefix of
+                 * its own, whole segments only, as httpd matches them (/gov is not a parent
+                 * of /govdefault). */
                 for (j = 0; j <= i; j++) {
                     core_dir_config *cj = ap_get_core_module_config(sv[j]);
-                    if (j == i || (!cj->r && !ci->r && cj->d && ci->d &&
-                                   strncmp(ci->d, cj->d, strlen(cj->d)) == 0))
+                    if (j == i || (!cj->r && !ci->r && cj->d && ci->d && path_parent(cj->d, ci->d)))
                         m = ap_merge_per_dir_configs(ptemp, m, sv[j]);
                 }
                 where = apr_pstrcat(ptemp, host, k ? "<Directory " : "<Location ",

@@ -24,6 +24,7 @@
 #include <lualib.h>
 
 #include "entra_json.h"
+#include "entra_lua_claims.h"
 #include "entra_lua_json.h"
 #include "mod_entra.h"
 #include "mod_entra_lua_sandbox.h"
@@ -380,16 +381,44 @@ static int claims_app(lua_State *L)
     return 1;
 }
 
+/* claims:is_app_only(), is_user(), in_group(id...), has_acrs(v...): entra_lua_claims.c. */
+static int claims_is_app_only(lua_State *L)
+{
+    return entra_lua_is_app_only(L, check_claims(L));
+}
+
+static int claims_is_user(lua_State *L)
+{
+    return entra_lua_is_user(L, check_claims(L));
+}
+
+static int claims_in_group(lua_State *L)
+{
+    return entra_lua_in_group(L, check_claims(L), 2);
+}
+
+static int claims_has_acrs(lua_State *L)
+{
+    return entra_lua_has_acrs(L, check_claims(L), 2);
+}
+
 static int claims_index(lua_State *L)
 {
+    static const luaL_Reg methods[] = {{"has_role", claims_has_role},
+                                       {"has_scope", claims_has_scope},
+                                       {"app", claims_app},
+                                       {"is_app_only", claims_is_app_only},
+                                       {"is_user", claims_is_user},
+                                       {"in_group", claims_in_group},
+                                       {"has_acrs", claims_has_acrs},
+                                       {NULL, NULL}};
+    const luaL_Reg *m;
     json_t *c = check_claims(L);
     const char *k = luaL_checkstring(L, 2);
-    if (!strcmp(k, "has_role"))
-        lua_pushcfunction(L, claims_has_role);
-    else if (!strcmp(k, "has_scope"))
-        lua_pushcfunction(L, claims_has_scope);
-    else if (!strcmp(k, "app"))
-        lua_pushcfunction(L, claims_app);
+    for (m = methods; m->name && strcmp(k, m->name); m++)
+        ;
+    if (m->name)
+        lua_pushcfunction(L, m->func);
     else {
         json_t *v = json_object_get(c, k);
         if (v)
@@ -714,10 +743,14 @@ static int run_rule(lua_State *L)
     ru->call = state_of(L)->call;
     ru->route = c->q->route;
     luaL_setmetatable(L, REQ_META);
-    cu = lua_newuserdatauv(L, sizeof(*cu), 0);
-    cu->claims = NULL;
-    luaL_setmetatable(L, CLAIMS_META);
-    cu->claims = json_incref(c->claims);
+    if (c->claims) {
+        cu = lua_newuserdatauv(L, sizeof(*cu), 0);
+        cu->claims = NULL;
+        luaL_setmetatable(L, CLAIMS_META);
+        cu->claims = json_incref(c->claims);
+    }
+    else
+        lua_pushnil(L); /* an anonymous caller (EntraOptional) */
     for (i = 0; i < c->q->args->nelts; i++)
         lua_pushstring(L, APR_ARRAY_IDX(c->q->args, i, const char *));
     base = 1;
@@ -737,10 +770,14 @@ static authz_status check_lua(request_rec *r, const char *line, const void *pars
     int rc;
     (void)line;
 
-    if (!r->user)
+    rs = entra_req_state_ensure(r);
+    if (!r->user && rs->preflight)
+        return AUTHZ_GRANTED; /* a CORS preflight under EntraAllowPreflight */
+    /* Under EntraOptional a rule decides about anonymous callers too (claims == nil); a
+     * rule that denies one asks for a token (401). */
+    if (!r->user && d->optional != 1)
         return AUTHZ_DENIED_NO_USER;
-    rs = entra_req_state_get(r);
-    if (!rs || !rs->claims)
+    if (r->user && !rs->claims)
         return AUTHZ_DENIED;
     if (!d->lua_rules) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
@@ -798,6 +835,9 @@ static authz_status check_lua(request_rec *r, const char *line, const void *pars
         apr_table_overlap(r->headers_in, c.set, APR_OVERLAP_TABLES_SET);
         return AUTHZ_GRANTED;
     }
+    if (!rs->claims)
+        return AUTHZ_DENIED_NO_USER;
+    entra_note_denied(r, rs, "denied by a Lua rule");
     return AUTHZ_DENIED;
 }
 
@@ -811,6 +851,7 @@ static int lua_guard(request_rec *r)
     ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                   "ENTRA0410: a Lua rule failed for this request: denied whatever the Require "
                   "composition");
+    entra_note_error(r, "Lua rule failed");
     entra_challenge(r, "insufficient_scope", "the token does not grant access to this resource");
     return HTTP_FORBIDDEN;
 }

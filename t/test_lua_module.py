@@ -150,6 +150,14 @@ def mint_tokens(fake: FakeEntra) -> dict:
                                                               "kid": rsa1.kid}, alg="none"),
         "tok_other_allowed": et.mint(rsa1, et.v2_claims(tenant=et.ALLOWED_TENANT_2)),
         "tok_null_claim": et.mint(rsa1, et.v2_claims(xnull=None, xnested={"inner": [1, 2]})),
+        # claims methods (is_app_only, is_user, in_group, has_acrs)
+        "tok_user": et.mint(rsa1, et.v2_claims(idtyp="user", scp="User.Read", roles=et.DROP,
+                                               groups=["0e1d2c3b-4a59-4687-9a1b-2c3d4e5f6071"],
+                                               acrs=["c1"])),
+        "tok_app_no_idtyp": et.mint(rsa1, et.v2_claims(idtyp=et.DROP)),
+        "tok_neither": et.mint(rsa1, et.v2_claims(idtyp=et.DROP, sub="pairwise")),
+        "tok_overage": et.mint(rsa1, et.v2_claims(groups=["0e1d2c3b-4a59-4687-9a1b-2c3d4e5f6071"],
+                                                  _claim_names={"groups": "src1"})),
     }
     toks["kid_rsa1"] = rsa1.kid
     return toks

@@ -7,6 +7,11 @@ Authority: http://127.0.0.1:PORT/ (or https:// with --tls-cert/--tls-key).
   GET /{tenant}/.well-known/openid-configuration        v1 discovery
   GET /{tenant}/discovery/v2.0/keys                      v2 JWKS
   GET /{tenant}/discovery/keys                           v1 JWKS
+  GET .../keys?appid=<id>                                the app's own signing keys (keys added
+                                                         with "appid"), then the tenant's
+  GET /usgov/{tenant}/... and /china/{tenant}/...        the same routes as that national
+                                                         cloud's instance: its issuers (point
+                                                         EntraAuthority at <base>/china/)
   GET /_static/...                                       documents set via the control API
   /_control/...                                          test control API (JSON), see below
 
@@ -22,7 +27,8 @@ Control API (POST bodies are JSON; t/lib/fake_entra_client.py wraps it):
                                      truncated|truncated_json|huge|invalid_shape|empty_keys,
                              "delay": seconds (slow, hang), "times": n (then back to ok)}
   POST /_control/rotate     {"kty", "bits", "crv", "kid", "drop": kid|role|"oldest"} -> {added, dropped}
-  POST /_control/keys/add   {"kty", "bits", "crv", "kid", "use", "issuer", "role", "published"} -> {kid}
+  POST /_control/keys/add   {"kty", "bits", "crv", "kid", "use", "issuer", "role", "published",
+                             "appid"} -> {kid}   (appid: served only at jwks_uri?appid=<appid>)
                             ({"kid": existing} publishes a removed key again;
                              {"kid": existing, "replace": true, ...} gives it new key material)
   POST /_control/keys/remove {"kid": kid|role}   (unpublish; the private key stays usable)
@@ -56,7 +62,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import entra_tokens as et  # noqa: E402
@@ -131,6 +137,8 @@ class State:
                 self.documents = {}
             if tenants:
                 self.unknown_tenants = set()
+            if not hasattr(self, "app_keys"):
+                self.app_keys = {}
 
     def stats(self) -> dict:
         with self.lock:
@@ -210,6 +218,10 @@ class Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path.startswith("/_control/"):
             return self._control(path, "GET")
+        self.cloud = "public"
+        cm = re.match(r"^/(usgov|china)(/.*)$", path)
+        if cm:
+            self.cloud, path = cm.group(1), cm.group(2)
         m = re.match(r"^/([^/]+)/(v2\.0/\.well-known/openid-configuration|\.well-known/openid-configuration"
                      r"|discovery/v2\.0/keys|discovery/keys)$", path)
         if not m:
@@ -276,7 +288,9 @@ class Handler(BaseHTTPRequestHandler):
         return tenant.lower()
 
     def _document(self, category: str, tenant: str) -> dict:
-        base = self.state.base_url
+        cloud = getattr(self, "cloud", "public")
+        base = self.state.base_url + ("" if cloud == "public" else cloud + "/")
+        v2_template, v1_template = et.CLOUD_ISSUERS[cloud]
         it = self._issuer_tenant(tenant)
         region = None if tenant in MULTI_TENANTS else "EU"
         common = {
@@ -300,7 +314,7 @@ class Handler(BaseHTTPRequestHandler):
                 "jwks_uri": f"{base}{tenant}/discovery/v2.0/keys",
                 "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
                 "scopes_supported": ["openid", "profile", "email", "offline_access"],
-                "issuer": et.V2_TEMPLATE.replace("{tenantid}", it),
+                "issuer": v2_template.replace("{tenantid}", it),
                 "request_uri_parameter_supported": False,
                 "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
                 "authorization_endpoint": f"{base}{tenant}/oauth2/v2.0/authorize",
@@ -319,7 +333,7 @@ class Handler(BaseHTTPRequestHandler):
                 "jwks_uri": f"{base}{tenant}/discovery/keys",
                 "response_types_supported": ["code", "id_token", "code id_token", "token id_token", "token"],
                 "scopes_supported": ["openid"],
-                "issuer": et.V1_TEMPLATE.replace("{tenantid}", it),
+                "issuer": v1_template.replace("{tenantid}", it),
                 "microsoft_multi_refresh_token": True,
                 "authorization_endpoint": f"{base}{tenant}/oauth2/authorize",
                 "device_authorization_endpoint": f"{base}{tenant}/oauth2/devicecode",
@@ -332,10 +346,12 @@ class Handler(BaseHTTPRequestHandler):
                                      "family_name", "nickname"],
             }
         else:
-            issuer = et.V2_TEMPLATE.replace("{tenantid}", it)
+            issuer = v2_template.replace("{tenantid}", it)
+            appid = (parse_qs(urlsplit(self.path).query).get("appid") or [None])[0]
             with self.state.lock:
+                own = [self.state.store.keys[kid] for kid in self.state.app_keys.get(appid, [])]
                 keys = [k.jwk(issuer=k.issuer if k.issuer is not None else issuer)
-                        for k in self.state.store.published_keys()]
+                        for k in own + self.state.store.published_keys()]
             return {"keys": keys}
         doc.update(common)
         return doc
@@ -468,6 +484,11 @@ class Handler(BaseHTTPRequestHandler):
                         key = et.gen_key(req)
                         st.store.keys[key.kid] = key
                         st.store.published[key.kid] = req.get("published", True)
+                    elif req.get("appid"):
+                        # An app's own signing key (claims-mapping policy): only at ?appid=.
+                        key = et.gen_key(req)
+                        st.store.add(key, role=req.get("role"), published=False)
+                        st.app_keys.setdefault(req["appid"], []).append(key.kid)
                     else:
                         key = et.gen_key(req)
                         st.store.add(key, role=req.get("role"), published=req.get("published", True))

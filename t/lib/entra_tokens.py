@@ -39,6 +39,15 @@ CLIENT_APP = "c0ffee00-1234-4abc-8def-0123456789ab"
 V2_TEMPLATE = "https://login.microsoftonline.com/{tenantid}/v2.0"
 V1_TEMPLATE = "https://sts.windows.net/{tenantid}/"
 
+# Issuer templates (v2, v1) per cloud instance, as Microsoft documents them: Azure Government
+# keeps sts.windows.net for v1; China (21Vianet) uses login.partner.microsoftonline.cn for v2.
+CLOUD_ISSUERS = {
+    "public": (V2_TEMPLATE, V1_TEMPLATE),
+    "usgov": ("https://login.microsoftonline.us/{tenantid}/v2.0", V1_TEMPLATE),
+    "china": ("https://login.partner.microsoftonline.cn/{tenantid}/v2.0",
+              "https://sts.chinacloudapi.cn/{tenantid}/"),
+}
+
 _CURVES = {
     "P-256": (ec.SECP256R1, 32, hashes.SHA256, "ES256"),
     "P-384": (ec.SECP384R1, 48, hashes.SHA384, "ES384"),

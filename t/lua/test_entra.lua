@@ -195,6 +195,44 @@ section("verifier: accepts", function()
   check("tostring names the tenant", tostring(v):find(TENANT, 1, true) ~= nil, tostring(v))
 end)
 
+section("verifier: claims methods (same rules as the Require providers)", function()
+  local v = new_verifier()
+  local G = "0e1d2c3b-4a59-4687-9a1b-2c3d4e5f6071"
+  local app, user = v:verify(C.tok_good), v:verify(C.tok_user)
+  check("app token verified", app ~= nil)
+  check("user token verified", user ~= nil)
+  if not (app and user) then return end
+  eq("app: is_app_only", app:is_app_only(), true)
+  eq("app: not is_user", app:is_user(), false)
+  eq("user: is_user", user:is_user(), true)
+  eq("user: not is_app_only", user:is_app_only(), false)
+  eq("no idtyp, oid == sub: app-only", v:verify(C.tok_app_no_idtyp):is_app_only(), true)
+  local n = v:verify(C.tok_neither)
+  eq("no idtyp, oid ~= sub, no scp: not app-only", n:is_app_only(), false)
+  eq("no idtyp, oid ~= sub, no scp: not user", n:is_user(), false)
+  eq("in_group", user:in_group("x", G), true)
+  eq("in_group is case-insensitive", user:in_group(G:upper()), true)
+  eq("not in_group", user:in_group("x"), false)
+  eq("no groups claim", app:in_group(G), false)
+  local ok, why = v:verify(C.tok_overage):in_group(G)
+  check("overage: false, \"groups overage\"", ok == false and why == "groups overage", why)
+  eq("has_acrs", user:has_acrs("c2", "c1"), true)
+  eq("has_acrs absent", user:has_acrs("c2"), false)
+  eq("no acrs claim", app:has_acrs("c1"), false)
+  -- the methods read the verified claims, not the (editable) table
+  user.idtyp = "app"
+  eq("editing the table does not change is_user", user:is_user(), true)
+  eq("claims still iterate as a plain table", (function()
+    local k = 0
+    for _ in pairs(app) do k = k + 1 end
+    return k > 5
+  end)(), true)
+  eq("metatable is protected", getmetatable(app), "entra")
+  raises("a plain table is not claims", function() app.is_user({ idtyp = "user" }) end,
+         "verified claims expected")
+  raises("in_group needs strings", function() user:in_group({}) end)
+end)
+
 section("verifier: rejects with the module's reasons", function()
   local v = new_verifier()
   local cases = {

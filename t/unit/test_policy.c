@@ -417,6 +417,36 @@ static void test_claims_untouched(void)
     json_decref(c);
 }
 
+/* EntraCloud: the token's issuer must be on the cloud's hosts, whatever discovery says. */
+static void test_clouds(void)
+{
+    entra_policy pub = single_pol(), gov = single_pol(), cn = single_pol();
+    const entra_issuers gov_iss = {"https://login.microsoftonline.us/" T "/v2.0", NULL, 1};
+    const entra_issuers cn_iss = {"https://login.partner.microsoftonline.cn/" T "/v2.0", NULL, 1};
+    pub.cloud = ENTRA_CLOUD_PUBLIC;
+    gov.cloud = ENTRA_CLOUD_USGOV;
+    cn.cloud = ENTRA_CLOUD_CHINA;
+    CHECK(entra_cloud_from_name("public") == ENTRA_CLOUD_PUBLIC);
+    CHECK(entra_cloud_from_name("usgov") == ENTRA_CLOUD_USGOV);
+    CHECK(entra_cloud_from_name("china") == ENTRA_CLOUD_CHINA);
+    CHECK(entra_cloud_from_name("germany") == ENTRA_CLOUD_ANY);
+    CHECK_STR_EQ(entra_cloud_authority(ENTRA_CLOUD_CHINA), "https://login.chinacloudapi.cn/");
+    CHECK_STR_EQ(entra_cloud_authority(ENTRA_CLOUD_USGOV), "https://login.microsoftonline.us/");
+    OK(pub, ISS_SINGLE, good(V2(T), T));
+    OK(pub, ISS_SINGLE, good(V1(T), T));
+    /* a public-cloud document under a China route: its tokens are refused */
+    BAD(cn, ISS_SINGLE, good(V2(T), T));
+    CHECK_STR_EQ(last_why, "token issuer belongs to another cloud");
+    BAD(gov, ISS_SINGLE, good(V2(T), T));
+    OK(gov, gov_iss, good("https://login.microsoftonline.us/" T "/v2.0", T));
+    OK(gov, gov_iss, good(V1(T), T)); /* Azure Government keeps sts.windows.net for v1 */
+    BAD(pub, gov_iss, good("https://login.microsoftonline.us/" T "/v2.0", T));
+    OK(cn, cn_iss, good("https://login.partner.microsoftonline.cn/" T "/v2.0", T));
+    OK(cn, cn_iss, good("https://sts.chinacloudapi.cn/" T "/", T)); /* v1 fallback host */
+    BAD(cn, cn_iss, good(V1(T), T));
+    BAD(pub, cn_iss, good("https://login.partner.microsoftonline.cn/" T "/v2.0", T));
+}
+
 int main(void)
 {
     unit_begin("test_policy");
@@ -431,5 +461,6 @@ int main(void)
     RUN(test_audience);
     RUN(test_key_issuer);
     RUN(test_claims_untouched);
+    RUN(test_clouds);
     return unit_end();
 }
