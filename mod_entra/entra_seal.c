@@ -143,22 +143,26 @@ void entra_seal_name(const entra_seal *s, const char *name,
         memset(out, 0, ENTRA_SEAL_NAME_LEN); /* only on allocation failure: names collide */
 }
 
-/* Associated data: the format version and the logical name. */
-static int set_aad(EVP_CIPHER_CTX *ctx, const char *name)
+#define HEAD_LEN (1 + 8) /* version, expiry: in clear, authenticated */
+
+/* Associated data: the header (version, expiry) and the logical name. */
+static int aad(EVP_CIPHER_CTX *ctx, int enc, const unsigned char *head, const char *name)
 {
-    unsigned char v = VERSION;
     int n;
-    return EVP_EncryptUpdate(ctx, NULL, &n, &v, 1) == 1 &&
-           EVP_EncryptUpdate(ctx, NULL, &n, (const unsigned char *)name, (int)strlen(name)) == 1;
+    if (enc)
+        return EVP_EncryptUpdate(ctx, NULL, &n, head, HEAD_LEN) == 1 &&
+               EVP_EncryptUpdate(ctx, NULL, &n, (const unsigned char *)name, (int)strlen(name)) == 1;
+    return EVP_DecryptUpdate(ctx, NULL, &n, head, HEAD_LEN) == 1 &&
+           EVP_DecryptUpdate(ctx, NULL, &n, (const unsigned char *)name, (int)strlen(name)) == 1;
 }
 
 apr_status_t entra_seal_seal(const entra_seal *s, apr_pool_t *p, const char *name,
-                             const void *plain, apr_size_t len, unsigned char **out,
-                             apr_size_t *outlen)
+                             apr_int64_t expiry, const void *plain, apr_size_t len,
+                             unsigned char **out, apr_size_t *outlen)
 {
-    unsigned char *buf, *ct;
+    unsigned char *buf, *nonce, *ct;
     EVP_CIPHER_CTX *ctx;
-    int n = 0, fin = 0, ok;
+    int n = 0, fin = 0, ok, i;
 
     *out = NULL;
     *outlen = 0;
@@ -166,10 +170,13 @@ apr_status_t entra_seal_seal(const entra_seal *s, apr_pool_t *p, const char *nam
         return APR_EINVAL;
     buf = apr_palloc(p, len + ENTRA_SEAL_OVERHEAD);
     buf[0] = VERSION;
-    ct = buf + 1 + NONCE_LEN;
-    if (RAND_bytes(buf + 1, NONCE_LEN) != 1 || !(ctx = EVP_CIPHER_CTX_new()))
+    for (i = 0; i < 8; i++)
+        buf[1 + i] = (unsigned char)((apr_uint64_t)expiry >> (56 - 8 * i));
+    nonce = buf + HEAD_LEN;
+    ct = nonce + NONCE_LEN;
+    if (RAND_bytes(nonce, NONCE_LEN) != 1 || !(ctx = EVP_CIPHER_CTX_new()))
         return APR_EGENERAL;
-    ok = EVP_EncryptInit_ex2(ctx, s->aead, s->seal_key, buf + 1, NULL) == 1 && set_aad(ctx, name) &&
+    ok = EVP_EncryptInit_ex2(ctx, s->aead, s->seal_key, nonce, NULL) == 1 && aad(ctx, 1, buf, name) &&
          EVP_EncryptUpdate(ctx, ct, &n, plain, (int)len) == 1 &&
          EVP_EncryptFinal_ex(ctx, ct + n, &fin) == 1 &&
          EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, ct + len) == 1 &&
@@ -183,14 +190,15 @@ apr_status_t entra_seal_seal(const entra_seal *s, apr_pool_t *p, const char *nam
 }
 
 apr_status_t entra_seal_open(const entra_seal *s, apr_pool_t *p, const char *name,
-                             const unsigned char *in, apr_size_t len, char **out,
-                             apr_size_t *outlen)
+                             apr_int64_t now, const unsigned char *in, apr_size_t len,
+                             char **out, apr_size_t *outlen)
 {
-    const unsigned char *ct = in + 1 + NONCE_LEN;
+    const unsigned char *nonce = in + HEAD_LEN, *ct = nonce + NONCE_LEN;
+    apr_uint64_t expiry = 0;
     apr_size_t clen;
     unsigned char *buf;
     EVP_CIPHER_CTX *ctx;
-    int n = 0, fin = 0, ok;
+    int n = 0, fin = 0, ok, i;
 
     *out = NULL;
     *outlen = 0;
@@ -200,9 +208,7 @@ apr_status_t entra_seal_open(const entra_seal *s, apr_pool_t *p, const char *nam
     buf = apr_palloc(p, clen + 1);
     if (!(ctx = EVP_CIPHER_CTX_new()))
         return APR_EGENERAL;
-    ok = EVP_DecryptInit_ex2(ctx, s->aead, s->seal_key, in + 1, NULL) == 1 &&
-         EVP_DecryptUpdate(ctx, NULL, &n, in, 1) == 1 &&
-         EVP_DecryptUpdate(ctx, NULL, &n, (const unsigned char *)name, (int)strlen(name)) == 1 &&
+    ok = EVP_DecryptInit_ex2(ctx, s->aead, s->seal_key, nonce, NULL) == 1 && aad(ctx, 0, in, name) &&
          EVP_DecryptUpdate(ctx, buf, &n, ct, (int)clen) == 1 &&
          EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, TAG_LEN, (void *)(ct + clen)) == 1 &&
          EVP_DecryptFinal_ex(ctx, buf + n, &fin) == 1 && (apr_size_t)(n + fin) == clen;
@@ -210,6 +216,12 @@ apr_status_t entra_seal_open(const entra_seal *s, apr_pool_t *p, const char *nam
     if (!ok) {
         OPENSSL_cleanse(buf, clen);
         return APR_EGENERAL;
+    }
+    for (i = 0; i < 8; i++)
+        expiry = (expiry << 8) | in[1 + i];
+    if ((apr_int64_t)expiry <= now) {
+        OPENSSL_cleanse(buf, clen);
+        return APR_TIMEUP;
     }
     buf[clen] = '\0';
     *out = (char *)buf;

@@ -10,7 +10,7 @@
 #define ENTRA_SEAL_MIN_SECRET 32   /* bytes of key material the file must hold */
 #define ENTRA_SEAL_MAX_SECRET 4096
 #define ENTRA_SEAL_NAME_LEN 32     /* bytes of an opaque store name */
-#define ENTRA_SEAL_OVERHEAD (1 + 12 + 16) /* version, nonce, tag */
+#define ENTRA_SEAL_OVERHEAD (1 + 8 + 12 + 16) /* version, expiry, nonce, tag */
 
 typedef struct entra_seal entra_seal;
 
@@ -29,16 +29,18 @@ apr_status_t entra_seal_load(apr_pool_t *p, const char *path, entra_seal **out,
 void entra_seal_name(const entra_seal *s, const char *name,
                      unsigned char out[ENTRA_SEAL_NAME_LEN]);
 
-/* version || nonce || ciphertext || tag of `len` bytes, bound to `name`, in `p`. */
+/* version || expiry || nonce || ciphertext || tag of `len` bytes, in `p`; the name and the
+ * expiry (seconds since the epoch) are authenticated with it, so whoever holds the cache
+ * can neither move the record to another name nor keep it beyond its expiry. */
 apr_status_t entra_seal_seal(const entra_seal *s, apr_pool_t *p, const char *name,
-                             const void *plain, apr_size_t len, unsigned char **out,
-                             apr_size_t *outlen);
+                             apr_int64_t expiry, const void *plain, apr_size_t len,
+                             unsigned char **out, apr_size_t *outlen);
 
 /* The plaintext (NUL-terminated, in `p`) of a record sealed for `name` with this key;
- * APR_EGENERAL for anything else: another key, another name, any changed byte, a short
- * or unknown-version input. */
+ * APR_TIMEUP when it is genuine but expired at `now` (seconds), APR_EGENERAL for anything
+ * else: another key, another name, any changed byte, a short or unknown-version input. */
 apr_status_t entra_seal_open(const entra_seal *s, apr_pool_t *p, const char *name,
-                             const unsigned char *in, apr_size_t len, char **out,
-                             apr_size_t *outlen);
+                             apr_int64_t now, const unsigned char *in, apr_size_t len,
+                             char **out, apr_size_t *outlen);
 
 #endif

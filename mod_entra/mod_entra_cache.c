@@ -222,14 +222,17 @@ static apr_status_t net_get(const char *key, apr_pool_t *p, apr_size_t max, char
             net_failed(p, rv, "reading");
         return APR_NOTFOUND;
     }
-    if (entra_seal_open(seal, p, key, buf, n, val, len) != APR_SUCCESS) {
-        /* Forged, swapped, sealed with another key file or damaged: as if absent. */
+    rv = entra_seal_open(seal, p, key, apr_time_sec(apr_time_now()), buf, n, val, len);
+    if (rv != APR_SUCCESS) {
+        /* Forged, swapped, sealed with another key file, damaged, or kept beyond the
+         * expiry it was sealed with: as if absent. */
         if (warn_once(p, key))
             ap_log_error(APLOG_MARK, APLOG_WARNING, 0, main_server,
                          "ENTRA0500: EntraCache %s: the record %s does not open with "
-                         "EntraCacheKeyFile (tampered, swapped, damaged or sealed with another "
-                         "key): ignored",
-                         net_spec, key);
+                         "EntraCacheKeyFile (%s): ignored",
+                         net_spec, key,
+                         rv == APR_TIMEUP ? "kept beyond its sealed expiry"
+                                          : "tampered, swapped, damaged or sealed with another key");
         *val = NULL;
         *len = 0;
         return APR_NOTFOUND;
@@ -251,7 +254,8 @@ static void net_put(const char *key, const char *val, apr_size_t len, apr_time_t
     if (expiry < min)
         expiry = min;
     entra_seal_name(seal, key, name);
-    if (entra_seal_seal(seal, p, key, val, len, &sealed, &slen) != APR_SUCCESS)
+    if (entra_seal_seal(seal, p, key, apr_time_sec(expiry) + 1, val, len, &sealed, &slen) !=
+        APR_SUCCESS)
         return;
     NET_CALL(net_provider->store(net_instance, main_server, name, sizeof(name), expiry, sealed,
                                  (unsigned int)slen, p));

@@ -4,6 +4,7 @@ even when the identity provider is unreachable at that moment."""
 
 import re
 import time
+import uuid
 
 import pytest
 
@@ -42,11 +43,19 @@ def test_keys_survive_graceful_while_idp_unreachable(keys_stack):
     # The cold fetch, then the upkeep's v1 follow-up (at its next round, within 5 s).
     wait_until(lambda: s.fake.stats()["jwks_v1"].get(conformance.TENANT), 15, what="v1 keys")
     before = wait_quiet(s.fake)
+    oid = str(uuid.uuid4())
+    seen = s.token(oid=oid)
+    expect_ok(s.get("/any/ok.txt", seen))
+    expect_ok(s.get("/any/ok.txt", seen))
     s.fake.set_mode("all", "503")
     mark = len(s.httpd.error_log_text())
     s.httpd.graceful()
     for _ in range(10):
         expect_ok(fresh_get(s.url("/any/ok.txt"), s.token()))
+    # Pure caches start empty: the verdict of a token seen before is computed again.
+    expect_ok(fresh_get(s.url("/any/ok.txt"), seen))
+    lines = [x for x in _after(s.httpd.error_log_text(), mark).splitlines() if "ENTRA0207" in x and oid in x]
+    assert lines and "(cached)" not in lines[0], lines
     time.sleep(6)                           # one upkeep round of the new children
     expect_ok(fresh_get(s.url("/any/ok.txt"), s.token()))
     after = s.fake.stats()
@@ -54,6 +63,20 @@ def test_keys_survive_graceful_while_idp_unreachable(keys_stack):
     log = _after(s.httpd.error_log_text(), mark)
     assert "ENTRA0505" in log, log[-2000:]
     assert not re.search(r"ENTRA010[45]", log), log[-2000:]
+
+
+def test_graceful_with_another_cache_size_starts_afresh(keys_stack):
+    s = keys_stack()
+    expect_ok(s.get("/any/ok.txt", s.token()))
+    wait_until(lambda: s.fake.stats()["jwks_v1"].get(conformance.TENANT), 15, what="v1 keys")
+    n = wait_quiet(s.fake)["jwks_v2"][conformance.TENANT]
+    s.httpd.server_conf += f"\nEntraCache shmcb:{s.httpd.workdir}/run/entra-other(2097152)\n"
+    s.httpd.write_config()
+    mark = len(s.httpd.error_log_text())
+    s.httpd.graceful()
+    expect_ok(fresh_get(s.url("/any/ok.txt"), s.token()))
+    assert s.fake.stats()["jwks_v2"][conformance.TENANT] == n + 1
+    assert "ENTRA0505" not in _after(s.httpd.error_log_text(), mark)
 
 
 def test_key_backoff_survives_graceful(keys_stack):

@@ -22,7 +22,7 @@ from identity_client import SECRET_APP
 from netcache import NetCache, missing
 from outbound import bearer, get, oenv, route, wait_until, www_file  # noqa: F401
 from stack import PROBLEMS, finish_stack
-from test_inbound_keys import fresh_get, wait_quiet
+from test_inbound_keys import fresh_get, unknown_kid_token, wait_quiet
 
 T = et.TENANT
 NAME_RE = re.compile(rb"mod_entra:[0-9a-f]{64}")
@@ -168,8 +168,8 @@ def test_swapped_and_damaged_records_are_refused(fleet):
         v = bytearray(items[k])
         v[pos] ^= 0x01
         fleet.cache.set(k, bytes(v))
-    b.restart()                                      # a fresh machine state for B
     n = jwks_fetches(fleet.a.fake)
+    b.restart()                                      # a fresh machine state for B
     for path in ("/any/ok.txt", "/meta/ok.txt"):
         expect_ok(fresh_get(b.url(path), fleet.a.token()))
     time.sleep(6)
@@ -210,6 +210,14 @@ def test_cache_outage_degrades_to_direct_fetches(fleet):
         time.sleep(0.3)
     assert jwks_fetches(fleet.a.fake) >= n + 1, "B fetched its keys directly"
     assert "ENTRA0501" in b.error_log_text() + fleet.a.httpd.error_log_text()
+    # The cache comes back (empty: no persistence); once the servers try it again (5 s
+    # here, and apr_redis/apr_memcache revive a dead server after 5 s), fetches are shared.
+    fleet.cache.start(port=fleet.cache.port)
+    assert fleet.cache.keys() == []
+    time.sleep(11)
+    tok = unknown_kid_token(fleet.a)               # makes B refetch (and store) its keys
+    expect_invalid_token(fresh_get(b.url("/any/ok.txt"), tok), tok)
+    wait_until(lambda: fleet.cache.keys(), 10, what="a record stored in the cache again")
 
 
 # ------------------------------------------------------------------ outbound tokens

@@ -46,9 +46,10 @@ class NetCache:
         return f"LoadModule {m}_module /usr/lib/apache2/modules/mod_{m}.so\n"
 
     # ---------------------------------------------------------------- lifecycle
-    def start(self, timeout: float = 10.0) -> "NetCache":
+    def start(self, timeout: float = 10.0, port: int | None = None) -> "NetCache":
+        """Starts the server (on `port`, e.g. to bring it back after stop(), else a free one)."""
         os.makedirs(self.workdir, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         if self.kind == "redis":
             cmd = [BINARIES["redis"], "--port", str(self.port), "--bind", "127.0.0.1",
                    "--save", "", "--appendonly", "no", "--daemonize", "no",

@@ -8,6 +8,9 @@
 
 #include "entra_seal.h"
 
+#define NOW ((apr_int64_t)1800000000)
+#define FAR (NOW + 3600)
+
 static const unsigned char SECRET_A[40] = "0123456789abcdef0123456789abcdef-A-key";
 static const unsigned char SECRET_B[40] = "0123456789abcdef0123456789abcdef-B-key";
 
@@ -28,7 +31,7 @@ static const char *open_str(entra_seal *s, const char *name, const unsigned char
 {
     char *out = (char *)"unset";
     apr_size_t n = 99;
-    if (entra_seal_open(s, up, name, in, len, &out, &n) != APR_SUCCESS) {
+    if (entra_seal_open(s, up, name, NOW, in, len, &out, &n) != APR_SUCCESS) {
         CHECK(out == NULL && n == 0);
         return NULL;
     }
@@ -42,16 +45,16 @@ static void test_round_trip(void)
     unsigned char *sealed, *again;
     apr_size_t n, n2;
 
-    CHECK_INT_EQ(entra_seal_seal(s, up, "src|rec", plain, strlen(plain), &sealed, &n), APR_SUCCESS);
+    CHECK_INT_EQ(entra_seal_seal(s, up, "src|rec", FAR, plain, strlen(plain), &sealed, &n), APR_SUCCESS);
     CHECK_INT_EQ(n, strlen(plain) + ENTRA_SEAL_OVERHEAD);
     CHECK_STR_EQ(open_str(s, "src|rec", sealed, n), plain);
     /* No plaintext in the sealed form. */
     CHECK(memmem(sealed, n, "kid", 3) == NULL && memmem(sealed, n, "issuer", 6) == NULL);
     /* A fresh nonce each time: the same record never seals the same way twice. */
-    CHECK_INT_EQ(entra_seal_seal(s, up, "src|rec", plain, strlen(plain), &again, &n2), APR_SUCCESS);
+    CHECK_INT_EQ(entra_seal_seal(s, up, "src|rec", FAR, plain, strlen(plain), &again, &n2), APR_SUCCESS);
     CHECK(n2 == n && memcmp(again, sealed, n) != 0);
     /* Empty records too. */
-    CHECK_INT_EQ(entra_seal_seal(s, up, "e", "", 0, &sealed, &n), APR_SUCCESS);
+    CHECK_INT_EQ(entra_seal_seal(s, up, "e", FAR, "", 0, &sealed, &n), APR_SUCCESS);
     CHECK_STR_EQ(open_str(s, "e", sealed, n), "");
     /* A key derived from the same secret opens what another instance sealed (two machines). */
     CHECK_STR_EQ(open_str(mk(SECRET_A, sizeof(SECRET_A)), "e", sealed, n), "");
@@ -65,7 +68,7 @@ static void test_every_byte_is_guarded(void)
     apr_size_t n, i;
     int bit, opened = 0;
 
-    CHECK_INT_EQ(entra_seal_seal(s, up, "k", plain, strlen(plain), &sealed, &n), APR_SUCCESS);
+    CHECK_INT_EQ(entra_seal_seal(s, up, "k", FAR, plain, strlen(plain), &sealed, &n), APR_SUCCESS);
     copy = apr_pmemdup(up, sealed, n);
     /* Version byte, nonce, ciphertext and tag: any flipped bit is refused. */
     for (i = 0; i < n; i++)
@@ -92,8 +95,8 @@ static void test_names_are_bound(void)
     unsigned char *a, *b;
     apr_size_t na, nb;
 
-    CHECK_INT_EQ(entra_seal_seal(s, up, "src1|rec", "one", 3, &a, &na), APR_SUCCESS);
-    CHECK_INT_EQ(entra_seal_seal(s, up, "src2|rec", "two", 3, &b, &nb), APR_SUCCESS);
+    CHECK_INT_EQ(entra_seal_seal(s, up, "src1|rec", FAR, "one", 3, &a, &na), APR_SUCCESS);
+    CHECK_INT_EQ(entra_seal_seal(s, up, "src2|rec", FAR, "two", 3, &b, &nb), APR_SUCCESS);
     /* Swapped records. */
     CHECK(open_str(s, "src1|rec", b, nb) == NULL);
     CHECK(open_str(s, "src2|rec", a, na) == NULL);
@@ -109,7 +112,7 @@ static void test_wrong_key(void)
     unsigned char *sealed;
     apr_size_t n;
 
-    CHECK_INT_EQ(entra_seal_seal(a, up, "k", "secret", 6, &sealed, &n), APR_SUCCESS);
+    CHECK_INT_EQ(entra_seal_seal(a, up, "k", FAR, "secret", 6, &sealed, &n), APR_SUCCESS);
     CHECK(open_str(b, "k", sealed, n) == NULL);
     /* One more byte of secret is another key. */
     CHECK(open_str(mk(SECRET_A, sizeof(SECRET_A) - 1), "k", sealed, n) == NULL);
@@ -141,6 +144,27 @@ static void test_opaque_names(void)
     entra_seal_name(b, "src|rec", n3);
     CHECK(memcmp(n1, n3, sizeof(n1)) != 0);
     CHECK(memmem(n1, sizeof(n1), "rec", 3) == NULL);
+}
+
+static void test_expiry_is_sealed(void)
+{
+    entra_seal *s = mk(SECRET_A, sizeof(SECRET_A));
+    unsigned char *sealed;
+    char *out;
+    apr_size_t n, on;
+    int i;
+
+    CHECK_INT_EQ(entra_seal_seal(s, up, "k", NOW + 10, "v", 1, &sealed, &n), APR_SUCCESS);
+    CHECK_INT_EQ(entra_seal_open(s, up, "k", NOW + 9, sealed, n, &out, &on), APR_SUCCESS);
+    /* Genuine but expired: whoever holds the cache cannot keep a record alive. */
+    CHECK_INT_EQ(entra_seal_open(s, up, "k", NOW + 10, sealed, n, &out, &on), APR_TIMEUP);
+    CHECK(out == NULL && on == 0);
+    /* A later expiry written into the header does not open at all. */
+    for (i = 1; i <= 8; i++) {
+        sealed[i] ^= 0x40;
+        CHECK_INT_EQ(entra_seal_open(s, up, "k", NOW, sealed, n, &out, &on), APR_EGENERAL);
+        sealed[i] ^= 0x40;
+    }
 }
 
 static void test_short_secret_refused(void)
@@ -206,8 +230,8 @@ static void test_key_file_checks(void)
         const char *path = write_key(dir, "ok", 32, 0600);
         CHECK_INT_EQ(entra_seal_load(up, path, &a, &why), APR_SUCCESS);
         CHECK_INT_EQ(entra_seal_load(up, path, &b, &why), APR_SUCCESS);
-        CHECK_INT_EQ(entra_seal_seal(a, up, "x", "y", 1, &sealed, &n), APR_SUCCESS);
-        CHECK_INT_EQ(entra_seal_open(b, up, "x", sealed, n, &out, &on), APR_SUCCESS);
+        CHECK_INT_EQ(entra_seal_seal(a, up, "x", FAR, "y", 1, &sealed, &n), APR_SUCCESS);
+        CHECK_INT_EQ(entra_seal_open(b, up, "x", NOW, sealed, n, &out, &on), APR_SUCCESS);
     }
     {
         const char *names[] = {"ok", "ok-group", "ok-ro", "short", "empty", "huge", "world",
@@ -228,6 +252,7 @@ int main(void)
     RUN(test_wrong_key);
     RUN(test_short_and_garbage_inputs);
     RUN(test_opaque_names);
+    RUN(test_expiry_is_sealed);
     RUN(test_short_secret_refused);
     RUN(test_key_file_checks);
     return unit_end();
