@@ -18,7 +18,7 @@ import conformance
 import entra_tokens as et
 from checks import expect_invalid_token, expect_ok
 from httpd import Httpd
-from identity_client import SECRET_APP
+from identity_client import SECRET_APP, jwt_parts
 from netcache import NetCache, missing
 from outbound import bearer, get, oenv, route, wait_until, www_file  # noqa: F401
 from stack import PROBLEMS, finish_stack
@@ -244,8 +244,17 @@ def test_client_credential_tokens_shared_managed_identity_tokens_stay(oenv, cach
     for v in items.values():
         for t in (app1, mi1, mi2):
             assert t.encode() not in v and t.split(".")[1][:24].encode() not in v
-    oenv.stop_httpd(h1)
-    oenv.stop_httpd(h2)
+    # A third server names its identity "app" too, but it is another application: it gets
+    # its own token, never the one the cache holds for the first.
+    other = fake.add_client(client_id="12121212-0000-4000-8000-0000000000c3", name="other-app",
+                            secrets=["other-secret"])
+    other_file = www_file(oenv.path(f"{cache.kind}-other.secret"), "other-secret\n")
+    h3 = oenv.httpd(server.replace(SECRET_APP, other).replace(secret_file, other_file), locations).start()
+    app3 = bearer(get(h3.url("/app/echo")))
+    assert jwt_parts(app3)[1]["azp"] == other and jwt_parts(app1)[1]["azp"] == SECRET_APP
+    assert fake.stats()["entra"]["requests"] == 2
+    for h in (h1, h2, h3):
+        oenv.stop_httpd(h)
 
 
 # ------------------------------------------------------------------ configuration

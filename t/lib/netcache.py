@@ -123,6 +123,17 @@ class NetCache:
     def keys(self) -> list[bytes]:
         if self.kind == "redis":
             return sorted(self._redis(b"KEYS", b"*"))
+        # The LRU crawler may miss items stored a moment ago: list until two dumps agree.
+        last = None
+        for _ in range(15):
+            keys = self._metadump()
+            if keys and keys == last:
+                break
+            last = keys
+            time.sleep(0.2)
+        return keys
+
+    def _metadump(self) -> list[bytes]:
         out = self._mc(b"lru_crawler metadump all")
         keys = []
         for line in out.split(b"\n"):   # metadump ends its lines with \n alone
