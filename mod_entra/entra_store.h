@@ -1,5 +1,9 @@
 /* Shared key/value state behind one interface: httpd backs it with socache plus a global
- * mutex (mod_entra_cache.c), scripts with an in-process table (entra_memstore.c). */
+ * mutex (mod_entra_cache.c), scripts with an in-process table (entra_memstore.c).
+ *
+ * Names ending in "|rec" are records worth sharing beyond the machine (a key set, a
+ * token); every other name (leases, backoff, throttles) is machine state. A networked
+ * store seals and shares only the former, and keeps `add` on the machine. */
 #ifndef ENTRA_STORE_H
 #define ENTRA_STORE_H
 

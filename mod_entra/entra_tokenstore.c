@@ -44,7 +44,12 @@ apr_status_t entra_tokensrc_create(apr_pool_t *p, const entra_cred *cred, const 
 {
     entra_tokensrc *ts = apr_pcalloc(p, sizeof(*ts));
     unsigned char md[SHA256_DIGEST_LENGTH];
-    const char *k = apr_pstrcat(p, cred->name, "\n", resource, NULL);
+    /* Everything that makes the token what it is: servers sharing a networked cache share
+     * a token only when they ask for it with the same credential. */
+    const char *k = apr_psprintf(p, "%s\n%s\n%d\n%s\n%s\n%s", cred->name, resource,
+                                 (int)cred->kind, cred->tenant ? cred->tenant : "",
+                                 cred->client_id ? cred->client_id : "",
+                                 cred->authority ? cred->authority : "");
     int i;
     char id[2 + 16 + 1] = "tk";
 

@@ -59,6 +59,7 @@ typedef struct entra_proxy_token {
 
 typedef struct entra_srv_conf {
     const char *cache_spec;  /* "provider[:args]" */
+    const char *cache_key_file; /* EntraCacheKeyFile, absolute */
     apr_hash_t *identities;  /* name -> entra_cred *, main server only */
     long token_timeout_ms;   /* ENTRA_UNSET */
     const char *arc_key_dir; /* ENTRA_UNSET -> /var/opt/azcmagent/tokens */
@@ -111,7 +112,11 @@ int entra_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, s
 void entra_cache_register_mutex(apr_pool_t *pconf);
 apr_status_t entra_cache_post_config(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s);
 void entra_cache_child_init(apr_pool_t *p, server_rec *s);
+int entra_cache_check_config(server_rec *s, apr_pool_t *ptemp);
+/* Keys, client-credential tokens: shared with the fleet when EntraCache is networked. */
 entra_store *entra_cache_store(void);
+/* This machine only (leases, managed-identity tokens): never leaves it. */
+entra_store *entra_cache_local_store(void);
 /* The machine-wide table of signature verdicts (NULL when EntraTokenCacheEntries is 0). */
 entra_vtab *entra_cache_vtab(void);
 

@@ -361,6 +361,19 @@ static const char *cmd_cache(cmd_parms *cmd, void *dv, const char *arg)
     return NULL;
 }
 
+static const char *cmd_cache_key_file(cmd_parms *cmd, void *dv, const char *arg)
+{
+    entra_srv_conf *sc = ap_get_module_config(cmd->server->module_config, &entra_module);
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    (void)dv;
+    if (err)
+        return err;
+    /* Read and checked at startup (as root), see entra_cache_check_config. */
+    if (!(sc->cache_key_file = ap_server_root_relative(cmd->pool, arg)))
+        return apr_pstrcat(cmd->pool, "EntraCacheKeyFile: invalid path ", arg, NULL);
+    return NULL;
+}
+
 static const char *cmd_token_cache_entries(cmd_parms *cmd, void *dv, const char *arg)
 {
     entra_srv_conf *sc = ap_get_module_config(cmd->server->module_config, &entra_module);
@@ -425,6 +438,9 @@ const command_rec entra_cmds[] = {
                   "public, usgov or china: the cloud's authority and token issuer hosts"),
     AP_INIT_TAKE1("EntraCache", cmd_cache, NULL, RSRC_CONF,
                   "Shared cache: socache provider[:args] (default shmcb)"),
+    AP_INIT_TAKE1("EntraCacheKeyFile", cmd_cache_key_file, NULL, RSRC_CONF,
+                  "File of at least 32 random bytes sealing what a networked EntraCache holds "
+                  "(required unless EntraCache is shmcb)"),
     AP_INIT_TAKE1("EntraTokenCacheEntries", cmd_token_cache_entries, NULL, RSRC_CONF,
                   "Signature verdicts kept in shared memory for all processes (default 8192, "
                   "96 bytes each; 0: off)"),
@@ -598,5 +614,7 @@ int entra_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, s
     (void)pconf;
     (void)plog;
     check_main = s; /* the first server_rec is the main server, where identities live */
+    if (entra_cache_check_config(s, ptemp) != OK)
+        return !OK;
     return entra_walk_sections(s, ptemp, check_section, NULL);
 }

@@ -286,9 +286,15 @@ static entra_tokensrc *source_for(apr_pool_t *tmp, entra_srv_conf *sc, entra_cre
 {
     const char *key = apr_pstrcat(tmp, c->name, "\n", resource, NULL);
     entra_tokensrc *ts;
+    /* A managed identity is this machine's: its tokens (and leases) never leave it, or a
+     * fleet sharing a cache would attach machine A's identity to machine B's requests. */
+    entra_store *store = c->kind == ENTRA_CRED_IMDS || c->kind == ENTRA_CRED_APPSERVICE ||
+                                 c->kind == ENTRA_CRED_ARC
+                             ? entra_cache_local_store()
+                             : entra_cache_store();
     apr_thread_mutex_lock(token_sources_mu);
     ts = apr_hash_get(token_sources, key, APR_HASH_KEY_STRING);
-    if (!ts && entra_tokensrc_create(token_sources_pool, c, resource, entra_cache_store(),
+    if (!ts && entra_tokensrc_create(token_sources_pool, c, resource, store,
                                      sc->token_timeout_ms != ENTRA_UNSET ? sc->token_timeout_ms
                                                                          : 10000,
                                      &ts) == APR_SUCCESS)

@@ -312,6 +312,24 @@ class Httpd:
         self.session.trust_env = False
         return self.start()
 
+    def graceful(self, timeout: float = 30.0) -> "Httpd":
+        """What `apachectl -k graceful` does (SIGUSR1 to the parent, which Debian's logrotate
+        sends every night); returns once the new generation answers."""
+        marker = "resuming normal operations"
+        seen = self.error_log_text().count(marker)
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"apache2 exited during a graceful restart: {self.error_log_tail()}")
+            if self.error_log_text().count(marker) > seen:
+                ok, err = self._wait_ready(max(1.0, deadline - time.monotonic()), self._error_log_size())
+                if ok:
+                    return self
+                raise RuntimeError(f"apache2 did not answer after a graceful restart: {err}")
+            time.sleep(0.1)
+        raise RuntimeError("timed out waiting for the graceful restart: " + self.error_log_tail())
+
     # ---------------------------------------------------------------- access
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
