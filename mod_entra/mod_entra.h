@@ -41,6 +41,7 @@ typedef struct entra_dir_conf {
     long refresh_interval;           /* ENTRA_UNSET */
     struct entra_proxy_token *proxy_token; /* EntraProxyToken, or NULL */
     struct entra_lua_rules *lua_rules;     /* EntraLuaRules, or NULL */
+    apr_array_header_t *lua_headers;       /* EntraLuaHeaders (const char *), or NULL */
     int proxy_on_error_pass;               /* ENTRA_UNSET, 0 deny, 1 pass */
 } entra_dir_conf;
 
@@ -60,6 +61,7 @@ typedef struct entra_srv_conf {
     const char *arc_key_dir; /* ENTRA_UNSET -> /var/opt/azcmagent/tokens */
     long lua_max_instructions; /* ENTRA_UNSET */
     long lua_max_memory;       /* ENTRA_UNSET */
+    long lua_max_time_ms;      /* ENTRA_UNSET */
     long token_cache_entries;  /* ENTRA_UNSET -> ENTRA_TOKEN_CACHE_DEFAULT */
 } entra_srv_conf;
 
@@ -109,6 +111,14 @@ void entra_challenge(request_rec *r, const char *error, const char *desc);
 /* The request's verified state, or NULL. */
 entra_req_state *entra_req_state_get(request_rec *r);
 
+/* 1 if only the module may set request header `name` here: X-Entra-* and the section's
+ * EntraLuaHeaders, compared case-insensitively with '-' and '_' alike (d may be NULL). */
+int entra_owned_header(const entra_dir_conf *d, const char *name);
+
+/* 1 if `v` (len bytes) has a byte below 0x20 other than HTAB, or 0x7f: such values never
+ * reach a backend header or REMOTE_USER. */
+int entra_has_ctl(const char *v, apr_size_t len);
+
 /* Outbound tokens (mod_entra_proxy.c). */
 const char *entra_cmd_identity(cmd_parms *cmd, void *dv, const char *args);
 const char *entra_cmd_proxy_token(cmd_parms *cmd, void *dv, const char *args);
@@ -123,6 +133,7 @@ void entra_proxy_register_hooks(apr_pool_t *p);
 /* Lua rules (mod_entra_lua.c). */
 const char *entra_cmd_lua_rules(cmd_parms *cmd, void *dv, const char *arg);
 const char *entra_cmd_lua_limit(cmd_parms *cmd, void *dv, const char *arg);
+const char *entra_cmd_lua_headers(cmd_parms *cmd, void *dv, const char *arg);
 void entra_lua_register_providers(apr_pool_t *p);
 
 /* Arc key files through a privileged helper (mod_entra_arc.c). */
