@@ -311,19 +311,17 @@ def test_outbound_clean_token_from_the_same_answer_is_attached(oenv, ofake):
 # ------------------------------------------------------------------ configuration
 
 @pytest.mark.parametrize("line,expect", [
-    ("EntraLuaHeaders Host", "'Host' belongs to httpd or the client"),
+    *[(f"EntraLuaHeaders {n}", f"'{n}' belongs to httpd or the client")
+      for n in ("Host", "Content-Length", "Content-Type", "Content-Encoding", "Transfer-Encoding", "TE",
+                "Trailer", "Connection", "Keep-Alive", "Upgrade", "Expect", "Proxy-Connection",
+                "Proxy-Authenticate", "Proxy-Authorization", "Authorization", "Cookie", "host", "COOKIE")],
     ("EntraLuaHeaders content_length", "'content_length' belongs to httpd or the client"),
     ("EntraLuaHeaders X-Ok Authorization", "'Authorization' belongs to httpd or the client"),
-    ("EntraLuaHeaders Cookie", "'Cookie' belongs"),
-    ("EntraLuaHeaders Transfer-Encoding", "'Transfer-Encoding' belongs"),
-    ("EntraLuaHeaders Connection", "'Connection' belongs"),
-    ("EntraLuaHeaders Proxy-Authorization", "'Proxy-Authorization' belongs"),
     ('EntraLuaHeaders "X Bad"', "'X Bad' is not a header name"),
     ("EntraLuaHeaders X-Bad:", "'X-Bad:' is not a header name"),
     ("EntraLuaHeaders X-" + "a" * 130, "is not a header name"),
     ("EntraLuaHeaders", "EntraLuaHeaders"),
-], ids=["host", "content-length-underscore", "authorization", "cookie", "te", "connection", "proxy-auth",
-        "space", "colon", "too-long", "empty"])
+])
 def test_bad_lua_headers_fail_the_config_test(hstack, line, expect):
     rc, out = hstack.httpd.config_test(locations=_lua("/x", "Require entra-lua maybe_set", line))
     assert rc != 0, out

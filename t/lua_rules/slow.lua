@@ -90,6 +90,21 @@ function table_ok(req, claims)
   local last, first = table.remove(t), table.remove(t, 1)
   local m = table.move({ 1, 2, 3, 4, 5 }, 2, 4, 1)
   local user = ("someone@contoso.com"):match("^(.-)@(.+)$")
+  local anchored = ("x"):rep(1500):match("^(.-)@(.+)$")
   return true, { ["X-Table"] = table.concat(t, ",") .. "|" .. last .. "|" .. first .. "|" .. table.concat(m, ","),
-                 ["X-Match"] = user, ["X-Find"] = tostring(("x"):rep(100000):find("xy", 1, true)) }
+                 ["X-Match"] = user, ["X-Anchored"] = tostring(anchored),
+                 ["X-Find"] = tostring(("x"):rep(100000):find("xy", 1, true)) }
+end
+
+function backref(req, claims)
+  return ("ab"):rep(5e4):find("(a)%1") ~= nil
+end
+
+function long_pattern(req, claims)
+  return ("x"):find(("."):rep(5000)) ~= nil
+end
+
+-- Two repetitions on 1,500 bytes: refused unanchored, allowed with a leading '^'.
+function unanchored(req, claims)
+  return ("x"):rep(1500):match("(.-)@(.+)$") == nil
 end
