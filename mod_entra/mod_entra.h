@@ -111,6 +111,9 @@ void entra_challenge(request_rec *r, const char *error, const char *desc);
 /* The request's verified state, or NULL. */
 entra_req_state *entra_req_state_get(request_rec *r);
 
+/* 1 if two header names are the same to a backend: any case, '-' and '_' alike. */
+int entra_header_eq(const char *a, const char *b);
+
 /* 1 if only the module may set request header `name` here: X-Entra-* and the section's
  * EntraLuaHeaders, compared case-insensitively with '-' and '_' alike (d may be NULL). */
 int entra_owned_header(const entra_dir_conf *d, const char *name);

@@ -74,6 +74,11 @@ static int folded_match(const char *name, const char *want, int prefix)
     return prefix || !*name;
 }
 
+int entra_header_eq(const char *a, const char *b)
+{
+    return folded_match(a, b, 0);
+}
+
 int entra_owned_header(const entra_dir_conf *d, const char *name)
 {
     int i;

@@ -161,14 +161,6 @@ static const char *const RESERVED_HEADERS[] = {
     "Trailer", "Connection", "Keep-Alive", "Upgrade", "Expect", "Proxy-Connection",
     "Proxy-Authenticate", "Proxy-Authorization", "Authorization", "Cookie", NULL};
 
-static int same_header(const char *a, const char *b)
-{
-    for (; *a && *b; a++, b++)
-        if ((*a == '_' ? '-' : apr_tolower(*a)) != (*b == '_' ? '-' : apr_tolower(*b)))
-            return 0;
-    return !*a && !*b;
-}
-
 const char *entra_cmd_lua_headers(cmd_parms *cmd, void *dv, const char *arg)
 {
     entra_dir_conf *d = dv;
@@ -183,7 +175,7 @@ const char *entra_cmd_lua_headers(cmd_parms *cmd, void *dv, const char *arg)
                             "and '_', at most 128)",
                             arg);
     for (i = 0; RESERVED_HEADERS[i]; i++)
-        if (same_header(arg, RESERVED_HEADERS[i]))
+        if (entra_header_eq(arg, RESERVED_HEADERS[i]))
             return apr_psprintf(cmd->pool,
                                 "EntraLuaHeaders: '%s' belongs to httpd or the client and may not "
                                 "be set by a rule",
@@ -238,7 +230,7 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     /* Growing only: Lua counts on shrinking to succeed. A failed allocation raises an error
      * the sandbox's pcall cannot swallow (aborted is set). */
     if (nsize > old && (++st->allocs % CLOCK_EVERY_ALLOCS == 0 || nsize >= CLOCK_ALLOC_BYTES) &&
-        past_deadline(st))
+        past_deadline(st) && st->timed_out)
         return NULL;
     n = realloc(ptr, nsize);
     if (n)
@@ -696,7 +688,7 @@ static int valid_header(const char *name, size_t nlen, const char *value, size_t
         if (!apr_isalnum(name[i]) && name[i] != '-' && name[i] != '_')
             return 0;
     for (i = 0; RESERVED_HEADERS[i]; i++)
-        if (same_header(name, RESERVED_HEADERS[i]))
+        if (entra_header_eq(name, RESERVED_HEADERS[i]))
             return 0;
     return 1;
 }
