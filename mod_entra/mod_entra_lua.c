@@ -35,6 +35,7 @@ APLOG_USE_MODULE(entra);
 #define DEFAULT_MAX_INSTRUCTIONS 1000000L
 #define DEFAULT_MAX_MEMORY (8L * 1024 * 1024)
 #define DEFAULT_MAX_TIME_MS 250L
+#define SETUP_MIN_TIME_MS 1000L
 #define HOOK_EVERY 1000
 /* The clock is read on every call, every 64th allocation and every allocation of 64 KiB or
  * more: C functions that neither call back nor allocate are bounded by the sandbox. */
@@ -213,10 +214,10 @@ static int past_deadline(lstate *st)
     return st->aborted != NULL;
 }
 
-static void start_clock(lstate *st)
+static void start_clock(lstate *st, long ms)
 {
     st->started_ns = now_ns();
-    st->deadline_ns = st->started_ns + (apr_int64_t)st->max_time_ms * 1000000;
+    st->deadline_ns = st->started_ns + (apr_int64_t)ms * 1000000;
     st->timed_out = 0;
 }
 
@@ -592,7 +593,9 @@ static lstate *state_new(request_rec *r, entra_lua_rules *rules)
                                                             : DEFAULT_MAX_INSTRUCTIONS;
     st->max_time_ms =
         sc->lua_max_time_ms != ENTRA_UNSET ? sc->lua_max_time_ms : DEFAULT_MAX_TIME_MS;
-    start_clock(st); /* the rules file's top level runs under the same limits as a call */
+    /* The rules file's top level is bounded too, but building the sandbox and compiling a
+     * large file must not fail every request under a small EntraLuaMaxTime. */
+    start_clock(st, st->max_time_ms > SETUP_MIN_TIME_MS ? st->max_time_ms : SETUP_MIN_TIME_MS);
     L = st->L = lua_newstate(l_alloc, st);
     if (!L) {
         free(st);
@@ -874,7 +877,7 @@ static authz_status check_lua(request_rec *r, const char *line, const void *pars
     st->r = r;
     st->count = 0;
     st->aborted = NULL;
-    start_clock(st); /* before any Lua API call: the allocator reads the deadline */
+    start_clock(st, st->max_time_ms); /* before any Lua API call: the allocator reads it */
     lua_settop(L, 0);
     lua_pushcfunction(L, traceback);
     lua_pushcfunction(L, run_rule);
