@@ -3,14 +3,17 @@
 -- Each function receives the request view, the verified claims and the words after its
 -- name on the Require line, and returns:
 --   true                      allow
---   true, { Header = value }  allow and set these request headers for the backend
+--   true, { Header = value }  allow and set these request headers for the backend: X-Entra-*
+--                             or names the section declares with EntraLuaHeaders (clients'
+--                             values of those are removed; any other name denies)
 --   false, "reason"           deny (403 insufficient_scope; the reason goes to the error log)
 --
 -- req:    method, path, query, client_ip, route, user, time (epoch s), weekday (1 = Monday, UTC),
 --         req:header(name) (never Authorization or Cookie), req:arg(name)
 -- claims: any claim by name (claims.tid, claims.roles...), claims:has_role(r...),
 --         claims:has_scope(s...), claims:app() (azp or appid)
--- Rules run in a sandbox: base, string, table, math and utf8 only; globals are read-only.
+-- Rules run in a sandbox: base, string, table, math and utf8 only; globals are read-only;
+-- each call is bounded by EntraLuaMaxInstructions, EntraLuaMaxMemory and EntraLuaMaxTime.
 
 local BILLING_APP = "b111111a-0000-4000-8000-00000000b111"
 
@@ -34,6 +37,7 @@ function admin_weekdays(req, claims, tenant)
 end
 
 -- Tell the backend who the customer is, from a claim.
+-- Needs, in the section:  EntraLuaHeaders X-Customer X-Caller-App
 function with_customer(req, claims)
   if not claims:has_role("Orders.Read") then return false, "needs Orders.Read" end
   return true, { ["X-Customer"] = claims.tid, ["X-Caller-App"] = claims:app() }

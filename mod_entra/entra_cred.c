@@ -248,7 +248,7 @@ static apr_status_t take_response(apr_pool_t *p, const entra_cred *c, entra_http
                                   apr_int64_t now, entra_token *tok, entra_fetch_result *fr)
 {
     json_t *body = NULL;
-    const char *why, *at;
+    const char *why, *at, *q;
     apr_int64_t exp, jexp;
 
     fr->status = resp->status;
@@ -272,6 +272,15 @@ static apr_status_t take_response(apr_pool_t *p, const entra_cred *c, entra_http
     at = body ? entra_json_str(body, "access_token") : NULL;
     if (!at || !*at) {
         fr->error = body ? "response without access_token" : "response is not JSON";
+        fr->retryable = managed(c);
+        return APR_EGENERAL;
+    }
+    for (q = at; *q; q++)
+        if (((unsigned char)*q < 0x20 && *q != '\t') || *q == 0x7f)
+            break;
+    if (*q) {
+        /* It would become a request header: never attach, never cache such a token. */
+        fr->error = "access_token has control characters";
         fr->retryable = managed(c);
         return APR_EGENERAL;
     }

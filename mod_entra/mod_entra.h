@@ -41,6 +41,7 @@ typedef struct entra_dir_conf {
     long refresh_interval;           /* ENTRA_UNSET */
     struct entra_proxy_token *proxy_token; /* EntraProxyToken, or NULL */
     struct entra_lua_rules *lua_rules;     /* EntraLuaRules, or NULL */
+    apr_array_header_t *lua_headers;       /* EntraLuaHeaders (const char *), or NULL */
     int proxy_on_error_pass;               /* ENTRA_UNSET, 0 deny, 1 pass */
     int optional;                          /* EntraOptional: ENTRA_UNSET, 0, 1 */
     int allow_preflight;                   /* EntraAllowPreflight: ENTRA_UNSET, 0, 1 */
@@ -65,6 +66,7 @@ typedef struct entra_srv_conf {
     const char *arc_key_dir; /* ENTRA_UNSET -> /var/opt/azcmagent/tokens */
     long lua_max_instructions; /* ENTRA_UNSET */
     long lua_max_memory;       /* ENTRA_UNSET */
+    long lua_max_time_ms;      /* ENTRA_UNSET */
     long token_cache_entries;  /* ENTRA_UNSET -> ENTRA_TOKEN_CACHE_DEFAULT */
 } entra_srv_conf;
 
@@ -155,6 +157,16 @@ void entra_note_denied(request_rec *r, entra_req_state *st, const char *why);
 
 /* The API's client id for EntraAppSigningKeys: the first GUID among EntraAudience. */
 const char *entra_conf_app_id(const entra_dir_conf *d);
+/* 1 if two header names are the same to a backend: any case, '-' and '_' alike. */
+int entra_header_eq(const char *a, const char *b);
+
+/* 1 if only the module may set request header `name` here: X-Entra-* and the section's
+ * EntraLuaHeaders, compared case-insensitively with '-' and '_' alike (d may be NULL). */
+int entra_owned_header(const entra_dir_conf *d, const char *name);
+
+/* 1 if `v` (len bytes) has a byte below 0x20 other than HTAB, or 0x7f: such values never
+ * reach a backend header or REMOTE_USER. */
+int entra_has_ctl(const char *v, apr_size_t len);
 
 /* Outbound tokens (mod_entra_proxy.c). */
 const char *entra_cmd_identity(cmd_parms *cmd, void *dv, const char *args);
@@ -170,6 +182,7 @@ void entra_proxy_register_hooks(apr_pool_t *p);
 /* Lua rules (mod_entra_lua.c). */
 const char *entra_cmd_lua_rules(cmd_parms *cmd, void *dv, const char *arg);
 const char *entra_cmd_lua_limit(cmd_parms *cmd, void *dv, const char *arg);
+const char *entra_cmd_lua_headers(cmd_parms *cmd, void *dv, const char *arg);
 void entra_lua_register_providers(apr_pool_t *p);
 
 /* Arc key files through a privileged helper (mod_entra_arc.c). */

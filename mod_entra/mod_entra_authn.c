@@ -85,31 +85,64 @@ void entra_challenge(request_rec *r, const char *error, const char *desc)
     apr_table_setn(r->err_headers_out, "WWW-Authenticate", v);
 }
 
-/* Removes every X-Entra-* request header: only mod_entra may set them. */
-static void strip_entra_headers(apr_table_t *t)
+/* CGI, WSGI and Django turn '-' and '_' of header names into '_': X_Entra_Oid reaches an
+ * application as X-Entra-Oid would, so names compare with both alike, and in any case. */
+static int fold(char c)
+{
+    return c == '_' ? '-' : apr_tolower(c);
+}
+
+static int folded_match(const char *name, const char *want, int prefix)
+{
+    for (; *want; name++, want++)
+        if (!*name || fold(*name) != fold(*want))
+            return 0;
+    return prefix || !*name;
+}
+
+int entra_header_eq(const char *a, const char *b)
+{
+    return folded_match(a, b, 0);
+}
+
+int entra_owned_header(const entra_dir_conf *d, const char *name)
+{
+    int i;
+    if (folded_match(name, "X-Entra-", 1))
+        return 1;
+    for (i = 0; d && d->lua_headers && i < d->lua_headers->nelts; i++)
+        if (folded_match(name, APR_ARRAY_IDX(d->lua_headers, i, const char *), 0))
+            return 1;
+    return 0;
+}
+
+int entra_has_ctl(const char *v, apr_size_t len)
+{
+    apr_size_t i;
+    for (i = 0; i < len; i++)
+        if (((unsigned char)v[i] < 0x20 && v[i] != '\t') || v[i] == 0x7f)
+            return 1;
+    return 0;
+}
+
+/* Removes every request header only the module may set (all spellings, all repeats). */
+static void strip_owned_headers(apr_table_t *t, const entra_dir_conf *d)
 {
     const apr_array_header_t *arr = apr_table_elts(t);
-    const apr_table_entry_t *e = (const apr_table_entry_t *)arr->elts;
-    int i, found = 0;
-    for (i = 0; i < arr->nelts; i++)
-        if (e[i].key && strncasecmp(e[i].key, "X-Entra-", 8) == 0)
-            found = 1;
-    while (found) {
-        found = 0;
-        arr = apr_table_elts(t);
-        e = (const apr_table_entry_t *)arr->elts;
-        for (i = 0; i < arr->nelts; i++)
-            if (e[i].key && strncasecmp(e[i].key, "X-Entra-", 8) == 0) {
-                apr_table_unset(t, e[i].key);
-                found = 1;
-                break;
-            }
+    int i = 0;
+    while (i < arr->nelts) {
+        const char *key = APR_ARRAY_IDX(arr, i, apr_table_entry_t).key;
+        /* unset removes this spelling everywhere and compacts the array: look at i again */
+        if (key && entra_owned_header(d, key))
+            apr_table_unset(t, key);
+        else
+            i++;
     }
 }
 
 static int post_read_request(request_rec *r)
 {
-    strip_entra_headers(r->headers_in);
+    strip_owned_headers(r->headers_in, NULL);
     return DECLINED;
 }
 
@@ -217,7 +250,7 @@ static tok_found find_token(request_rec *r, const entra_dir_conf *d, const char 
 const char *entra_claim_text(apr_pool_t *p, json_t *claims, const char *name)
 {
     json_t *v = json_object_get(claims, name);
-    const char *val = NULL, *c;
+    const char *val = NULL;
 
     if (json_is_string(v))
         val = json_string_value(v);
@@ -236,10 +269,7 @@ const char *entra_claim_text(apr_pool_t *p, json_t *claims, const char *name)
     else if (json_is_boolean(v))
         val = json_is_true(v) ? "true" : "false";
     /* A value that could split or forge a header line reaches nobody. */
-    for (c = val; c && *c; c++)
-        if (((unsigned char)*c < 0x20 && *c != '\t') || *c == 0x7f)
-            return NULL;
-    return val;
+    return val && entra_has_ctl(val, strlen(val)) ? NULL : val;
 }
 
 /* "oid" -> X-Entra-Oid / ENTRA_OID. */
@@ -251,8 +281,17 @@ static void pass_claims(request_rec *r, const entra_dir_conf *d, json_t *claims)
         const char *val = entra_claim_text(r->pool, claims, name);
         char *hdr, *env, *c;
 
-        if (!val)
+        if (!val) {
+            /* Refused, not repaired: a backend must never mistake a mangled value for the
+             * claim (entra_claim_text refuses a string or array holding a control byte). */
+            if (json_is_string(json_object_get(claims, name)) ||
+                json_is_array(json_object_get(claims, name)))
+                ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                              "ENTRA0550: claim %s has control characters: not passed to the "
+                              "backend",
+                              name);
             continue;
+        }
         hdr = apr_pstrcat(r->pool, "X-Entra-", name, NULL);
         hdr[8] = (char)apr_toupper(hdr[8]);
         env = apr_pstrcat(r->pool, "ENTRA_", name, NULL);
@@ -281,7 +320,8 @@ static int authenticate(request_rec *r, entra_dir_conf *d, int anonymous_ok)
     apr_size_t len = 0;
     json_t *user;
 
-    strip_entra_headers(r->headers_in);
+    /* Per-directory: the section's EntraLuaHeaders too, before any rule can run. */
+    strip_owned_headers(r->headers_in, d);
     if ((!d->tenant && !d->metadata_url) || !d->audiences) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                       "ENTRA0201: AuthType Entra without EntraTenant/EntraAudience here");
@@ -343,6 +383,10 @@ static int authenticate(request_rec *r, entra_dir_conf *d, int anonymous_ok)
         if (!json_is_string(user) || !*json_string_value(user)) {
             res.outcome = ENTRA_VERIFY_INVALID;
             res.why = apr_psprintf(r->pool, "token has no %s claim", user_claim);
+        }
+        else if (entra_has_ctl(json_string_value(user), json_string_length(user))) {
+            res.outcome = ENTRA_VERIFY_INVALID;
+            res.why = apr_psprintf(r->pool, "token has an invalid %s claim", user_claim);
         }
     }
     if (res.outcome != ENTRA_VERIFY_OK) {

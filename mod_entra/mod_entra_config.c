@@ -68,6 +68,10 @@ void *entra_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     MERGE_NUM(refresh_interval);
     MERGE_PTR(proxy_token);
     MERGE_PTR(lua_rules);
+    /* Declared Lua headers add up: a section can own more names, never fewer than its parent. */
+    n->lua_headers = !add->lua_headers    ? base->lua_headers
+                     : !base->lua_headers ? add->lua_headers
+                                          : apr_array_append(p, base->lua_headers, add->lua_headers);
     MERGE_NUM(proxy_on_error_pass);
     MERGE_NUM(optional);
     MERGE_NUM(allow_preflight);
@@ -84,6 +88,7 @@ void *entra_create_srv_conf(apr_pool_t *p, server_rec *s)
     sc->token_timeout_ms = ENTRA_UNSET;
     sc->lua_max_instructions = ENTRA_UNSET;
     sc->lua_max_memory = ENTRA_UNSET;
+    sc->lua_max_time_ms = ENTRA_UNSET;
     sc->token_cache_entries = ENTRA_UNSET;
     return sc;
 }
@@ -460,6 +465,11 @@ const command_rec entra_cmds[] = {
                   "Lua instructions one rule call may run (default 1000000)"),
     AP_INIT_TAKE1("EntraLuaMaxMemory", entra_cmd_lua_limit, (void *)"m", RSRC_CONF,
                   "Bytes of memory one Lua rules state may use (default 8388608)"),
+    AP_INIT_TAKE1("EntraLuaMaxTime", entra_cmd_lua_limit, (void *)"t", RSRC_CONF,
+                  "Milliseconds one Lua rule call may run (default 250)"),
+    AP_INIT_ITERATE("EntraLuaHeaders", entra_cmd_lua_headers, NULL, DIR_CMD,
+                    "Request headers the section's Lua rules may set; clients' values of them "
+                    "are removed"),
     AP_INIT_TAKE1("EntraArcKeyDirectory", entra_cmd_arc_key_dir, NULL, RSRC_CONF,
                   "Directory of Azure Arc challenge key files (default /var/opt/azcmagent/tokens)"),
     {NULL}};

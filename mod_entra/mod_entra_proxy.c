@@ -404,7 +404,7 @@ static int proxy_fixups(request_rec *r)
     entra_proxy_token *pt = d->proxy_token;
     entra_tokensrc *ts;
     const char *tok, *why = NULL;
-    long retry_after;
+    long retry_after = 0;
 
     if (!pt || !is_proxied(r))
         return DECLINED;

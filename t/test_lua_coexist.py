@@ -25,7 +25,8 @@ MOD_LUA = "/usr/lib/apache2/modules/mod_lua.so"
 
 def _locations(authority: str) -> str:
     return ("<Location /luahandler>\n  SetHandler lua-script\n  Require all granted\n</Location>\n\n"
-            + conformance.location("/lver", "Require entra-lua version", f'EntraLuaRules "{RULES}"'))
+            + conformance.location("/lver", "Require entra-lua version",
+                                 f'EntraLuaRules "{RULES}"\n  EntraLuaHeaders X-Rule-Lua-Version X-Rule-Int'))
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ Control API (POST bodies and answers are JSON; errors answer 400 {"error": ..}):
   POST tenants {"known": [guid, ..]}                extra tenants the token endpoint knows
   POST mint_federated {sub, aud, iss, lifetime, claims} -> {"token"}  a projected-token look-alike
 ANSWER: "404" "410" "429" "500" "503" (any 300..599), "<status>:<seconds>" (adds Retry-After),
-{"status": N, "retry_after": "<any text>", "body": <object or text>}, "garbage", "empty", "html",
+{"status": N, "retry_after": "<any text>", "body": <object or text>} (N may be 200 with a body), "garbage", "empty", "html",
 "truncated", "close", "hang" (60 s) / "hang:<s>" (then close, no answer), "slow:<s>" (then normal),
 "ok"; "down" = "500". Order per request: count it, throttle check, scripted answer (else mode),
 then the source's own checks.
@@ -236,7 +236,8 @@ def parse_answer(a) -> dict:
         if "status" not in a:
             raise ValueError(f"scripted answer object needs a status: {a!r}")
         status = int(a["status"])
-        if not 300 <= status <= 599:
+        # 200 only with a body: a success the test writes itself (e.g. a hostile access_token).
+        if not (300 <= status <= 599 or (status == 200 and "body" in a)):
             raise ValueError(f"scripted status {status} out of range")
         out = {"kind": "status", "status": status}
         if a.get("retry_after") is not None:

@@ -163,5 +163,5 @@ function sandbox_probe(req, claims)
   for _, n in ipairs(names) do out[#out + 1] = n .. "=" .. type(_ENV[n]) end
   out[#out + 1] = "string.dump=" .. type(string.dump)
   out[#out + 1] = "mt=" .. type(getmetatable(""))
-  return true, { ["X-Probe"] = table.concat(out, ","), ["X-Version"] = _VERSION }
+  return true, { ["X-Sandbox-Probe"] = table.concat(out, ","), ["X-Version"] = _VERSION }
 end
