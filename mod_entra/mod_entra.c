@@ -7,6 +7,7 @@
 #include <http_log.h>
 #include <http_main.h>
 #include <http_request.h>
+#include <mpm_common.h>
 #include <mod_auth.h>
 #include <ap_provider.h>
 #include <apr_hash.h>
@@ -178,6 +179,17 @@ static apr_status_t upkeep_join(void *data)
     return APR_SUCCESS;
 }
 
+/* The MPM tells us the child stops before it waits for its workers: every wait and transfer
+ * of the module (upkeep, and requests waiting on a fetch) ends now, within ENTRA_WAIT_STEP,
+ * so the workers and then the upkeep thread can be joined at once. Requests that were waiting
+ * get 503 with Retry-After. */
+static void child_stopping(apr_pool_t *pchild, int graceful)
+{
+    (void)pchild;
+    (void)graceful;
+    upkeep_stop = 1;
+}
+
 static authz_status valid_user_check(request_rec *r, const char *line, const void *parsed)
 {
     (void)line;
@@ -244,6 +256,7 @@ static void register_hooks(apr_pool_t *p)
     ap_hook_check_config(entra_check_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_post_config(post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(child_init, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_child_stopping(child_stopping, NULL, NULL, APR_HOOK_MIDDLE);
     entra_authn_register_hooks(p);
     entra_proxy_register_hooks(p);
     entra_authz_register_providers(p);
