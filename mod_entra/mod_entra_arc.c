@@ -37,6 +37,7 @@ APLOG_USE_MODULE(entra);
 #define REQ_MAX 1024
 #define CLIENT_DEADLINE_MS 1000 /* a client has this long to ask and be answered */
 #define PARENT_CHECK_MS 500     /* how often the idle helper checks that its parent lives */
+#define CLIENT_WAIT_MS 3000     /* a child waits this long for the answer (others may be ahead) */
 
 static const char *sock_path;
 static const char *helper_key_dir;
@@ -203,16 +204,16 @@ apr_status_t entra_arc_helper_start(apr_pool_t *pconf, server_rec *s, const char
     return APR_SUCCESS;
 }
 
+/* `baton` is the child's cancel flag (or NULL): the wait for the helper's answer ends at
+ * CLIENT_WAIT_MS, or within 100 ms of the child beginning to stop. */
 const char *entra_arc_read_key(void *baton, apr_pool_t *p, const char *path, const char **why)
 {
+    const volatile int *cancel = baton;
     struct sockaddr_un sa;
     char buf[ENTRA_ARC_KEY_MAX + 16];
     size_t got = 0;
-    ssize_t r;
-    int fd;
-    struct timeval tv = {3, 0};
+    int fd, waited = 0;
     const char *out = NULL;
-    (void)baton;
 
     if (!sock_path) {
         *why = "Arc helper not running";
@@ -228,14 +229,29 @@ const char *entra_arc_read_key(void *baton, apr_pool_t *p, const char *path, con
         *why = "cannot reach the Arc helper";
         return NULL;
     }
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    if (write(fd, path, strlen(path)) < 0 || write(fd, "\n", 1) < 0) {
+    if (send(fd, path, strlen(path), MSG_NOSIGNAL | MSG_DONTWAIT) < 0 ||
+        send(fd, "\n", 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
         close(fd);
         *why = "cannot ask the Arc helper";
         return NULL;
     }
-    while (got < sizeof(buf) - 1 && (r = read(fd, buf + got, sizeof(buf) - 1 - got)) > 0)
+    while (got < sizeof(buf) - 1 && waited < CLIENT_WAIT_MS && !(cancel && *cancel)) {
+        struct pollfd pf = {fd, POLLIN, 0};
+        ssize_t r;
+        int n = poll(&pf, 1, 100);
+        if (n < 0 && errno != EINTR)
+            break;
+        if (n <= 0) {
+            waited += 100;
+            continue;
+        }
+        r = recv(fd, buf + got, sizeof(buf) - 1 - got, MSG_DONTWAIT);
+        if (r < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (r <= 0)
+            break;
         got += (size_t)r;
+    }
     close(fd);
     buf[got] = '\0';
     if (got > 3 && !strncmp(buf, "OK ", 3))
@@ -243,6 +259,6 @@ const char *entra_arc_read_key(void *baton, apr_pool_t *p, const char *path, con
     else
         *why = got > 4 && !strncmp(buf, "ERR ", 4) ? apr_pstrdup(p, buf + 4)
                                                     : "no answer from the Arc helper";
-    memset(buf, 0, sizeof(buf));
+    OPENSSL_cleanse(buf, sizeof(buf));
     return out;
 }

@@ -364,6 +364,8 @@ void entra_proxy_child_init(apr_pool_t *p, server_rec *s, const volatile int *ca
         void *v;
         apr_hash_this(hi, NULL, NULL, &v);
         ((entra_cred *)v)->http.cancel = cancel;
+        if (((entra_cred *)v)->kind == ENTRA_CRED_ARC)
+            ((entra_cred *)v)->arc_baton = (void *)cancel; /* see entra_arc_read_key */
     }
     /* Sources created from now on belong to this process. */
     apr_pool_create(&token_sources_pool, p);
