@@ -186,8 +186,10 @@ static apr_status_t upkeep_join(void *data)
 static void child_stopping(apr_pool_t *pchild, int graceful)
 {
     (void)pchild;
-    (void)graceful;
     upkeep_stop = 1;
+    ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, ap_server_conf,
+                 "ENTRA0600: child stopping (%s): ending the module's waits and fetches",
+                 graceful ? "graceful" : "stop");
 }
 
 static authz_status valid_user_check(request_rec *r, const char *line, const void *parsed)

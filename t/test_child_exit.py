@@ -75,6 +75,7 @@ def test_children_exit_promptly_while_key_fetch_hangs(make_stack, sig):
         print(f"[exit keys {signal.Signals(sig).name}] old children gone after {elapsed:.2f} s")
         assert elapsed <= EXIT_BOUND, f"old children took {elapsed:.2f} s to exit"
         _check_outcome(outcome, sig)
+        assert "ENTRA0600: child stopping" in s.httpd.error_log_text()
         if sig == signal.SIGUSR1:
             # The new generation serves (and its own waits end as promptly at the final stop).
             new = procs.wait_until_children(s.httpd.proc.pid, timeout=10)
@@ -98,6 +99,7 @@ def test_children_exit_promptly_while_identity_endpoint_hangs(oenv, sig):
         print(f"[exit tokens {signal.Signals(sig).name}] old children gone after {elapsed:.2f} s")
         assert elapsed <= EXIT_BOUND, f"old children took {elapsed:.2f} s to exit"
         _check_outcome(outcome, sig)
+        assert "ENTRA0600: child stopping" in h.error_log_text()
     finally:
         fake.mode("imds", None)
         fake.release()
