@@ -24,6 +24,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "entra_arc.h"
 #include "entra_b64url.h"
 #include "entra_cred.h"
 #include "entra_http.h"
@@ -53,7 +54,6 @@
 #define VERIFIER_L1_SLOTS 256
 #define DEFAULT_TIMEOUT_MS 10000L
 #define MAX_TIMEOUT_S 120
-#define ARC_KEY_MAX 4096
 #define DECODE_MAX (64 * 1024)
 
 /* ------------------------------------------------------------------ context */
@@ -649,8 +649,7 @@ static void parse_identity(lua_State *L, int t, ident_opts *o)
         if (o->endpoint && strncmp(o->endpoint, "https://", 8) && strncmp(o->endpoint, "http://", 7))
             luaL_error(L, "%s: endpoint must be an http(s) URL", what);
         o->arc_key_dir = opt_string(L, t, what, "arc_key_dir");
-        if (o->arc_key_dir && (o->arc_key_dir[0] != '/' || strstr(o->arc_key_dir, "..") ||
-                               o->arc_key_dir[strlen(o->arc_key_dir) - 1] == '/'))
+        if (o->arc_key_dir && entra_arc_key_dir_check(o->arc_key_dir))
             luaL_error(L, "%s: arc_key_dir must be an absolute directory path without a "
                           "trailing slash", what);
         return;
@@ -699,54 +698,16 @@ static const char *identity_key(apr_pool_t *p, const ident_opts *o)
 #undef OR_DASH
 }
 
-/* Reads an Arc challenge key with the rules of the httpd helper: a regular .key file directly
- * inside the key directory, 1..4096 bytes, no links. The contents go only into `p`. */
+/* Reads an Arc challenge key with the core's rules (entra_arc_key_read); the contents go
+ * only into `p`. */
 static const char *arc_read_key(void *baton, apr_pool_t *p, const char *path, const char **why)
 {
     const entra_cred *c = baton;
-    const char *dir = c->arc_key_dir;
-    size_t dl = strlen(dir), n = strlen(path), len = 0;
-    char buf[ARC_KEY_MAX + 1];
-    struct stat st, fst;
+    char buf[ENTRA_ARC_KEY_MAX + 1];
     const char *out = NULL;
-    ssize_t r;
-    int fd;
+    size_t len;
 
-    if (n <= dl + 5 || strncmp(path, dir, dl) != 0 || path[dl] != '/' ||
-        strchr(path + dl + 1, '/') || strcmp(path + n - 4, ".key") != 0 || strstr(path, "..")) {
-        *why = "Arc key path is outside the Arc token directory";
-        return NULL;
-    }
-    if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
-        *why = "Arc key file is not a regular file";
-        return NULL;
-    }
-    if (st.st_size <= 0 || st.st_size > ARC_KEY_MAX) {
-        *why = "Arc key file size is not in 1..4096 bytes";
-        return NULL;
-    }
-    /* O_NONBLOCK: a FIFO swapped in after lstat must not block the open. */
-    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) {
-        *why = "cannot open the Arc key file";
-        return NULL;
-    }
-    if (fstat(fd, &fst) != 0 || !S_ISREG(fst.st_mode) || fst.st_ino != st.st_ino ||
-        fst.st_dev != st.st_dev) {
-        close(fd);
-        *why = "Arc key file changed while being opened";
-        return NULL;
-    }
-    while (len < sizeof(buf) && (r = read(fd, buf + len, sizeof(buf) - len)) > 0)
-        len += (size_t)r;
-    close(fd);
-    while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r' || buf[len - 1] == ' '))
-        len--;
-    if (len == 0 || len > ARC_KEY_MAX)
-        *why = "Arc key file size is not in 1..4096 bytes";
-    else if (has_control(buf, len))
-        *why = "Arc key file holds control characters";
-    else
+    if (entra_arc_key_read(c->arc_key_dir, path, buf, sizeof(buf), &len, why) == 0)
         out = apr_pstrmemdup(p, buf, len);
     OPENSSL_cleanse(buf, sizeof(buf));
     return out;

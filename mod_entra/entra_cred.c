@@ -11,13 +11,14 @@
 #include <openssl/x509.h>
 #include <openssl/err.h>
 
+#include "entra_arc.h"
 #include "entra_b64url.h"
 #include "entra_cred.h"
+#include "entra_flight.h"
 #include "entra_json.h"
 
 #define RESPONSE_MAX (64 * 1024)
 #define FILE_MAX (64 * 1024)
-#define ARC_KEY_MAX 4096
 #define ASSERTION_LIFETIME 600
 
 const char *entra_cred_kind_name(entra_cred_kind kind)
@@ -252,8 +253,8 @@ static apr_status_t take_response(apr_pool_t *p, const entra_cred *c, entra_http
     apr_int64_t exp, jexp;
 
     fr->status = resp->status;
-    if (resp->retry_after && all_digits(resp->retry_after))
-        fr->retry_after = (long)apr_atoi64(resp->retry_after);
+    /* Clamped (to ENTRA_BACKOFF_MAX) and overflow-safe: it becomes a sleep and a backoff. */
+    fr->retry_after = entra_retry_after_parse(resp->retry_after);
     if (entra_json_parse_object(p, resp->body, resp->len, RESPONSE_MAX, &body, &why) !=
         APR_SUCCESS)
         body = NULL;
@@ -300,16 +301,15 @@ static apr_status_t take_response(apr_pool_t *p, const entra_cred *c, entra_http
     return APR_SUCCESS;
 }
 
-/* Arc names its key file in `WWW-Authenticate: Basic realm=<path>`; only a small .key
- * file directly in the agent's token directory may be read. */
+/* Arc names its key file in `WWW-Authenticate: Basic realm=<path>`; only a .key file
+ * directly in the agent's token directory may be read (entra_arc_key_path_check). */
 static const char *arc_key_path(apr_pool_t *p, const entra_cred *c, const char *challenge,
                                 const char **why)
 {
-    const char *realm = challenge ? strstr(challenge, "realm=") : NULL, *dir = c->arc_key_dir;
+    const char *realm = challenge ? strstr(challenge, "realm=") : NULL;
     char *path;
-    apr_size_t dl = dir ? strlen(dir) : 0, n;
 
-    if (!dir) {
+    if (!c->arc_key_dir) {
         *why = "no Arc key directory configured";
         return NULL;
     }
@@ -322,12 +322,8 @@ static const char *arc_key_path(apr_pool_t *p, const entra_cred *c, const char *
         path++;
         path[strcspn(path, "\"")] = '\0';
     }
-    n = strlen(path);
-    if (n <= dl + 5 || strncmp(path, dir, dl) != 0 || path[dl] != '/' ||
-        strchr(path + dl + 1, '/') || strcmp(path + n - 4, ".key") != 0 || strstr(path, "..")) {
-        *why = "Arc challenge names a file outside the agent's token directory";
+    if ((*why = entra_arc_key_path_check(c->arc_key_dir, path)))
         return NULL;
-    }
     return path;
 }
 
@@ -381,7 +377,8 @@ static apr_status_t fetch_managed(apr_pool_t *p, const entra_cred *c, const char
     }
     if (rv != APR_SUCCESS) {
         fr->error = why;
-        fr->retryable = rv != APR_EINVAL; /* a refused URL stays refused */
+        /* A refused URL stays refused; a cancelled one means the process is exiting. */
+        fr->retryable = rv != APR_EINVAL && rv != APR_EINTR;
         return rv;
     }
     return take_response(p, c, resp, now, tok, fr);
@@ -478,7 +475,7 @@ static apr_status_t fetch_entra(apr_pool_t *p, const entra_cred *c, const char *
     rv = entra_http_request(p, url, hdrs, body, strlen(body), o, &resp, &why);
     if (rv != APR_SUCCESS) {
         fr->error = why;
-        fr->retryable = rv != APR_EINVAL;
+        fr->retryable = rv != APR_EINVAL && rv != APR_EINTR;
         return rv;
     }
     return take_response(p, c, resp, now, tok, fr);

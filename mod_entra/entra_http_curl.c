@@ -49,6 +49,9 @@ int entra_http_url_allowed(const char *url)
     return url_allowed(url, 0);
 }
 
+/* How often a transfer with a cancel flag looks at it. */
+#define CANCEL_POLL_MS 50
+
 static int on_progress(void *baton, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
 {
     const volatile int *cancel = baton;
@@ -119,6 +122,50 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *baton)
     return n;
 }
 
+/* curl_easy_perform, except that with a cancel flag the transfer runs on a multi handle
+ * polled every CANCEL_POLL_MS: libcurl calls the progress callback only about once a second
+ * while a peer is silent, too late for a process that is exiting. */
+static CURLcode perform(CURL *c, const volatile int *cancel)
+{
+    CURLM *m;
+    CURLcode rc = CURLE_OK;
+    int running = 1;
+
+    if (!cancel)
+        return curl_easy_perform(c);
+    if (!(m = curl_multi_init()))
+        return CURLE_OUT_OF_MEMORY;
+    if (curl_multi_add_handle(m, c) != CURLM_OK) {
+        curl_multi_cleanup(m);
+        return CURLE_FAILED_INIT;
+    }
+    for (;;) {
+        CURLMsg *msg;
+        int left;
+        if (curl_multi_perform(m, &running) != CURLM_OK) {
+            rc = CURLE_FAILED_INIT;
+            break;
+        }
+        if (!running) {
+            while ((msg = curl_multi_info_read(m, &left)))
+                if (msg->msg == CURLMSG_DONE)
+                    rc = msg->data.result;
+            break;
+        }
+        if (*cancel) {
+            rc = CURLE_ABORTED_BY_CALLBACK;
+            break;
+        }
+        if (curl_multi_poll(m, NULL, 0, CANCEL_POLL_MS, NULL) != CURLM_OK) {
+            rc = CURLE_FAILED_INIT;
+            break;
+        }
+    }
+    curl_multi_remove_handle(m, c);
+    curl_multi_cleanup(m);
+    return rc;
+}
+
 apr_status_t entra_http_request(apr_pool_t *p, const char *url, const char *const *headers,
                                 const char *body, apr_size_t body_len,
                                 const entra_http_opts *opts, entra_http_resp **out,
@@ -178,17 +225,19 @@ apr_status_t entra_http_request(apr_pool_t *p, const char *url, const char *cons
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
     }
 
-    rc = curl_easy_perform(c);
+    rc = perform(c, opts->cancel);
     if (rc != CURLE_OK) {
         if (sink.too_large || rc == CURLE_FILESIZE_EXCEEDED)
             *why = "response too large";
         else if (rc == CURLE_OPERATION_TIMEDOUT)
             *why = "timed out";
         else if (rc == CURLE_ABORTED_BY_CALLBACK)
-            *why = "cancelled";
+            *why = "cancelled (process exiting)";
         else
             *why = apr_pstrdup(p, curl_easy_strerror(rc));
-        rv = rc == CURLE_OPERATION_TIMEDOUT ? APR_TIMEUP : APR_EGENERAL;
+        rv = rc == CURLE_OPERATION_TIMEDOUT      ? APR_TIMEUP
+             : rc == CURLE_ABORTED_BY_CALLBACK ? APR_EINTR
+                                               : APR_EGENERAL;
     }
     else {
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);

@@ -3,6 +3,7 @@
 #include <apr_atomic.h>
 #include <apr_strings.h>
 
+#include "entra_flight.h"
 #include "entra_json.h"
 #include "entra_keys.h"
 #include "entra_vtab.h"
@@ -11,8 +12,10 @@
 #define RECORD_MAX (64 * 1024)    /* compact key record in the store */
 #define DOC_MAX (256 * 1024)      /* discovery or JWKS response */
 #define STORE_CHECK_SECONDS 2     /* how stale a process's view of the store may be */
-#define FAIL_BACKOFF_MAX 60       /* seconds between attempts while fetches fail */
+#define FAIL_BACKOFF_BASE 5      /* seconds after the first failed fetch, doubling... */
+#define FAIL_BACKOFF_MAX 60       /* ...up to this while fetches fail */
 #define WAIT_STEP (20 * 1000)     /* microseconds between looks at a fetch in progress */
+#define WAIT_SLACK 1000           /* ms a waiter allows beyond the fetch budget for storing */
 
 static apr_int64_t now_sec(void)
 {
@@ -121,14 +124,25 @@ static apr_int64_t sync_from_store(entra_source *src, apr_pool_t *p)
     return have;
 }
 
-/* GETs a JSON object document. */
-static apr_status_t get_json(entra_source *src, apr_pool_t *p, const char *url, json_t **out,
-                             const char **why)
+/* GETs a JSON object document; the request ends by `deadline`. */
+static apr_status_t get_json(entra_source *src, apr_pool_t *p, const char *url,
+                             apr_time_t deadline, json_t **out, const char **why)
 {
     entra_http_resp *resp;
-    apr_status_t rv = entra_http_request(p, url, NULL, NULL, 0, &src->http, &resp, why);
+    entra_http_opts o = src->http;
+    apr_interval_time_t left = deadline - apr_time_now();
+    apr_status_t rv;
 
     *out = NULL;
+    if (left < apr_time_from_msec(50)) {
+        *why = "timed out (fetch budget spent)";
+        return APR_TIMEUP;
+    }
+    if (apr_time_as_msec(left) < o.timeout_ms)
+        o.timeout_ms = (long)apr_time_as_msec(left);
+    if (o.connect_timeout_ms > o.timeout_ms)
+        o.connect_timeout_ms = o.timeout_ms;
+    rv = entra_http_request(p, url, NULL, NULL, 0, &o, &resp, why);
     if (rv != APR_SUCCESS)
         return rv;
     if (resp->status != 200) {
@@ -142,13 +156,13 @@ static apr_status_t get_json(entra_source *src, apr_pool_t *p, const char *url, 
 
 /* Fetches one discovery document and its JWKS; *iss and *jwks_uri from the document. */
 static apr_status_t fetch_doc_keys(entra_source *src, apr_pool_t *p, const char *meta,
-                                   const char **iss, const char **jwks_uri, entra_keyset **ks,
+                                   apr_time_t deadline, const char **iss, const char **jwks_uri, entra_keyset **ks,
                                    const char **why)
 {
     json_t *doc, *jwks;
     apr_status_t rv;
 
-    if ((rv = get_json(src, p, meta, &doc, why)) != APR_SUCCESS) {
+    if ((rv = get_json(src, p, meta, deadline, &doc, why)) != APR_SUCCESS) {
         *why = apr_pstrcat(p, "discovery ", meta, ": ", *why, NULL);
         return rv;
     }
@@ -167,7 +181,7 @@ static apr_status_t fetch_doc_keys(entra_source *src, apr_pool_t *p, const char 
     if (src->jwks_query)
         *jwks_uri = apr_pstrcat(p, *jwks_uri, strchr(*jwks_uri, '?') ? "&" : "?",
                                 src->jwks_query, NULL);
-    if ((rv = get_json(src, p, *jwks_uri, &jwks, why)) != APR_SUCCESS ||
+    if ((rv = get_json(src, p, *jwks_uri, deadline, &jwks, why)) != APR_SUCCESS ||
         (rv = entra_keyset_from_jwks(p, jwks, *jwks_uri, ks, why)) != APR_SUCCESS) {
         *why = apr_pstrcat(p, "JWKS ", *jwks_uri, ": ", *why, NULL);
         return APR_EGENERAL;
@@ -177,7 +191,8 @@ static apr_status_t fetch_doc_keys(entra_source *src, apr_pool_t *p, const char 
 
 /* Adds what the v1 document knows (its issuer, keys only it lists) to the stored record,
  * leaving the v2 keys as fetched: the upkeep's follow-up to a cold v2-only fetch. */
-static apr_status_t fetch_v1_part(entra_source *src, apr_pool_t *p, const char **why)
+static apr_status_t fetch_v1_part(entra_source *src, apr_pool_t *p, apr_time_t deadline,
+                                  const char **why)
 {
     char *old, *text;
     apr_size_t olen;
@@ -193,7 +208,7 @@ static apr_status_t fetch_v1_part(entra_source *src, apr_pool_t *p, const char *
         entra_json_parse_object(p, old, olen, RECORD_MAX, &rec, why) != APR_SUCCESS ||
         !json_is_array(keys = json_object_get(rec, "keys")))
         return APR_EGENERAL;
-    if (fetch_doc_keys(src, p, src->meta_v1, &iss1, &uri1, &ks1, &why1) == APR_SUCCESS) {
+    if (fetch_doc_keys(src, p, src->meta_v1, deadline, &iss1, &uri1, &ks1, &why1) == APR_SUCCESS) {
         for (j = 0; j < ks1->keys->nelts; j++) {
             const char *kid = APR_ARRAY_IDX(ks1->keys, j, entra_key).kid;
             int present = 0;
@@ -226,7 +241,8 @@ static apr_status_t fetch_v1_part(entra_source *src, apr_pool_t *p, const char *
 /* One fetch; on success the new record is in the store. Requests only wait for the v2
  * document and keys (which verify v1 tokens too); `with_v1` 1 adds the v1 document (a full
  * refresh), 2 fetches only the v1 part and merges it (see fetch_v1_part). */
-static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, int with_v1, const char **why)
+static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, int with_v1, apr_time_t deadline,
+                              const char **why)
 {
     const char *iss2, *uri2, *iss1 = NULL, *uri1, *why1;
     entra_keyset *ks2, *ks1;
@@ -238,14 +254,14 @@ static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, int with_v1, con
     apr_status_t rv;
 
     if (with_v1 == 2)
-        return fetch_v1_part(src, p, why);
-    if ((rv = fetch_doc_keys(src, p, src->meta_v2, &iss2, &uri2, &ks2, why)) != APR_SUCCESS)
+        return fetch_v1_part(src, p, deadline, why);
+    if ((rv = fetch_doc_keys(src, p, src->meta_v2, deadline, &iss2, &uri2, &ks2, why)) != APR_SUCCESS)
         return rv;
     rec = entra_json_pool_own(p, json_deep_copy(ks2->compact));
     keys = json_object_get(rec, "keys");
     if (src->meta_v1 && with_v1) {
         /* v1 tokens are optional: the v2 keys still verify them when this fails. */
-        if (fetch_doc_keys(src, p, src->meta_v1, &iss1, &uri1, &ks1, &why1) == APR_SUCCESS) {
+        if (fetch_doc_keys(src, p, src->meta_v1, deadline, &iss1, &uri1, &ks1, &why1) == APR_SUCCESS) {
             for (i = 0; i < ks1->keys->nelts; i++) {
                 const entra_key *k = &APR_ARRAY_IDX(ks1->keys, i, entra_key);
                 if (!entra_keyset_find(ks2, k->kid))
@@ -298,73 +314,80 @@ static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, int with_v1, con
     return APR_SUCCESS;
 }
 
+/* The flight of one key fetch (see entra_flight.h). */
+typedef struct {
+    entra_source *src;
+    int with_v1;
+    apr_int64_t before; /* the version the caller had */
+} key_flight;
+
+static int kf_newer(void *baton, apr_pool_t *p)
+{
+    key_flight *kf = baton;
+    return sync_from_store(kf->src, p) != kf->before;
+}
+
+static int kf_failed(void *baton, apr_pool_t *p, const char **why)
+{
+    key_flight *kf = baton;
+    return entra_backoff_active(kf->src->store, p, skey(p, kf->src, "fail"), why, NULL);
+}
+
+static apr_status_t kf_fetch(void *baton, apr_pool_t *p, apr_time_t deadline, const char **why)
+{
+    key_flight *kf = baton;
+    entra_source *src = kf->src;
+    const char *fail = skey(p, src, "fail");
+    apr_status_t rv = fetch_now(src, p, kf->with_v1, deadline, why);
+    entra_backoff b;
+
+    if (rv == APR_SUCCESS) {
+        entra_backoff_clear(src->store, fail);
+        return rv;
+    }
+    if (entra_cancelled(src->http.cancel))
+        return rv; /* the process is exiting: not the authority's fault */
+    /* Back off: 5 s doubling to 60 s while failures continue. */
+    entra_backoff_get(src->store, p, fail, &b);
+    b.n = entra_backoff_fail(src->store, p, fail,
+                             entra_backoff_delay(b.n + 1, FAIL_BACKOFF_BASE, FAIL_BACKOFF_MAX),
+                             *why);
+    entra_log(ENTRA_LOG_ERR, "ENTRA0105: key fetch failed (attempt %d): %s", b.n, *why);
+    return rv;
+}
+
 /* Fetches unless another process on the machine already is; either way returns once new
- * keys are stored, the fetch failed, or the fetch timeout passed. */
+ * keys are stored, the fetch failed, the fetch budget (the fetch timeout, for all the
+ * documents together) passed, or the process began to exit. */
 static apr_status_t fetch_single_flight(entra_source *src, apr_pool_t *p, int with_v1,
                                         const char **why)
 {
-    const char *lease = skey(p, src, "lease"), *fail = skey(p, src, "fail");
-    apr_time_t now = apr_time_now(), deadline;
-    apr_time_t bound = apr_time_from_msec(src->http.timeout_ms * 3 + 2000);
-    apr_int64_t before;
-    char *v;
-    apr_size_t len;
-    apr_status_t rv;
+    key_flight kf;
+    entra_flight f;
+    const char *fwhy;
 
-    if (src->store->get(src->store, fail, p, 256, &v, &len) == APR_SUCCESS) {
-        *why = apr_pstrcat(p, "recent fetch failed: ", v, NULL);
+    if (entra_backoff_active(src->store, p, skey(p, src, "fail"), &fwhy, NULL)) {
+        *why = apr_pstrcat(p, "recent fetch failed: ", fwhy, NULL);
         return APR_EAGAIN;
     }
     apr_thread_mutex_lock(src->mu);
-    before = src->cur ? src->cur->version : 0;
+    kf.before = src->cur ? src->cur->version : 0;
     apr_thread_mutex_unlock(src->mu);
-    if (src->store->add(src->store, lease, "1", 1, now + bound) == APR_SUCCESS) {
-        /* Another process may have stored keys between our look and our lease. */
-        if (sync_from_store(src, p) != before) {
-            src->store->remove(src->store, lease);
-            return APR_SUCCESS;
-        }
-        rv = fetch_now(src, p, with_v1, why);
-        if (rv != APR_SUCCESS) {
-            /* Back off: 5 s doubling to 60 s while failures continue. */
-            char *prev;
-            apr_size_t plen;
-            int n = 1;
-            apr_time_t backoff;
-            if (src->store->get(src->store, skey(p, src, "failn"), p, 32, &prev, &plen) ==
-                APR_SUCCESS)
-                n = atoi(prev) + 1;
-            backoff = apr_time_from_sec(n >= 5 ? FAIL_BACKOFF_MAX : (5L << (n - 1)));
-            if (backoff > apr_time_from_sec(FAIL_BACKOFF_MAX))
-                backoff = apr_time_from_sec(FAIL_BACKOFF_MAX);
-            src->store->put(src->store, fail, *why, strlen(*why), apr_time_now() + backoff);
-            v = apr_itoa(p, n);
-            src->store->put(src->store, skey(p, src, "failn"), v, strlen(v),
-                            apr_time_now() + apr_time_from_sec(3600));
-            entra_log(ENTRA_LOG_ERR, "ENTRA0105: key fetch failed (attempt %d): %s", n, *why);
-        }
-        else {
-            src->store->remove(src->store, skey(p, src, "failn"));
-        }
-        src->store->remove(src->store, lease);
-        return rv;
-    }
-    /* Someone else is fetching: wait for its outcome. */
-    before = sync_from_store(src, p);
-    deadline = now + bound;
-    while (apr_time_now() < deadline) {
-        apr_sleep(WAIT_STEP);
-        if (sync_from_store(src, p) != before)
-            return APR_SUCCESS;
-        if (src->store->get(src->store, fail, p, 256, &v, &len) == APR_SUCCESS) {
-            *why = apr_pstrcat(p, "fetch failed: ", v, NULL);
-            return APR_EAGAIN;
-        }
-        if (src->store->get(src->store, lease, p, 8, &v, &len) != APR_SUCCESS)
-            return sync_from_store(src, p) != before ? APR_SUCCESS : APR_EAGAIN;
-    }
-    *why = "timed out waiting for a key fetch";
-    return APR_TIMEUP;
+    kf.src = src;
+    kf.with_v1 = with_v1;
+    memset(&f, 0, sizeof(f));
+    f.store = src->store;
+    f.lease = skey(p, src, "lease");
+    /* A waiter's bound is the holder's budget plus the time to store what it fetched. */
+    f.deadline = apr_time_now() + apr_time_from_msec(src->http.timeout_ms + WAIT_SLACK);
+    f.lease_ttl = apr_time_from_sec(1);
+    f.step = WAIT_STEP;
+    f.cancel = src->http.cancel;
+    f.baton = &kf;
+    f.newer = kf_newer;
+    f.fetch = kf_fetch;
+    f.failed = kf_failed;
+    return entra_flight_run(&f, p, why);
 }
 
 /* The current snapshot when it is usable (not older than max_stale), referenced. */
@@ -442,8 +465,6 @@ entra_keys_snapshot *entra_source_refetch_for_kid(entra_source *src, apr_pool_t 
 void entra_source_maintain(entra_source *src, apr_pool_t *p)
 {
     const char *why;
-    char *v;
-    apr_size_t len;
     int recent;
     apr_int64_t now = now_sec();
     entra_keys_snapshot *snap;
@@ -452,13 +473,13 @@ void entra_source_maintain(entra_source *src, apr_pool_t *p)
     snap = usable(src, now, &recent);
     /* While failures back off, the failing attempt has been logged already. */
     if ((!snap || now - snap->fetched >= src->refresh_interval || !snap->v1_tried) &&
-        src->store->get(src->store, skey(p, src, "fail"), p, 256, &v, &len) != APR_SUCCESS) {
+        !entra_backoff_active(src->store, p, skey(p, src, "fail"), &why, NULL)) {
         /* Cold: v2 first, so requests waiting on this fetch get keys soonest; then only the
          * v1 part, unless a full refresh is due anyway. */
         int mode = !snap ? 0 : now - snap->fetched >= src->refresh_interval ? 1 : 2;
         if (fetch_single_flight(src, p, mode, &why) == APR_SUCCESS)
             sync_from_store(src, p);
-        else if (snap)
+        else if (snap && !entra_cancelled(src->http.cancel))
             entra_log(ENTRA_LOG_WARN,
                       "ENTRA0108: %s: refresh failed, still using keys fetched %ld s ago: %s",
                       src->meta_v2, (long)(now - snap->fetched), why);

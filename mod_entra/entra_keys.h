@@ -46,8 +46,8 @@ apr_status_t entra_source_create(apr_pool_t *p, const char *id, const char *meta
                                  const char *meta_v1, int entra, entra_source **out);
 
 /* A referenced snapshot usable now. With nothing usable cached, one caller on the machine
- * fetches while the others wait, at most about the fetch timeout: APR_EAGAIN then means
- * "keys unobtainable" and *why says why. */
+ * fetches while the others wait, at most the fetch timeout plus 1 s (and never past the
+ * moment http.cancel is set): APR_EAGAIN then means "keys unobtainable" and *why says why. */
 apr_status_t entra_source_acquire(entra_source *src, apr_pool_t *p, entra_keys_snapshot **out,
                                   const char **why);
 

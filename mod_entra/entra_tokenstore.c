@@ -4,13 +4,16 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
+#include "entra_flight.h"
 #include "entra_json.h"
 #include "entra_log.h"
 #include "entra_tokenstore.h"
 
 #define RECORD_MAX (32 * 1024)
-#define BACKGROUND_BUDGET_MS 90000
+#define BACKGROUND_BUDGET_MS 90000 /* the upkeep's bound for one fetch, retries included */
 #define WAIT_STEP (25 * 1000)
+#define FAIL_BACKOFF_BASE 30 /* seconds after a failed refresh, doubling... */
+#define FAIL_BACKOFF_COLD 5  /* ...but a cold fetch is tried again soon */
 #define STORE_CHECK_SECONDS 2
 #define MI_CONCURRENCY 5
 #define MI_PER_SECOND 20
@@ -133,39 +136,22 @@ static const char *local_token(entra_tokensrc *ts, apr_pool_t *p, apr_int64_t no
     return t;
 }
 
-typedef struct {
-    int n;
-    apr_int64_t next;
-    const char *err;
-} fail_info;
-
-static int get_fail(entra_tokensrc *ts, apr_pool_t *p, fail_info *fi)
-{
-    char *val;
-    apr_size_t len;
-    json_t *j;
-    const char *why;
-    memset(fi, 0, sizeof(*fi));
-    if (ts->store->get(ts->store, skey(p, ts, "fail"), p, 1024, &val, &len) != APR_SUCCESS ||
-        entra_json_parse_object(p, val, len, 1024, &j, &why) != APR_SUCCESS)
-        return 0;
-    fi->n = (int)json_integer_value(json_object_get(j, "n"));
-    fi->next = (apr_int64_t)json_integer_value(json_object_get(j, "next"));
-    fi->err = entra_json_str(j, "err") ? apr_pstrdup(p, entra_json_str(j, "err")) : "fetch failed";
-    return 1;
-}
-
-/* Machine-wide IMDS limits: a slot of 20 per second, then one of 5 concurrent. */
+/* Machine-wide IMDS limits: a slot of 20 per second, then one of 5 concurrent. Gives up at
+ * the deadline or on cancel. A concurrency slot expires 1 s after the deadline of the fetch
+ * that took it, so a process that died holding one frees it then. */
 static const char *mi_slot_acquire(entra_tokensrc *ts, apr_pool_t *p, apr_time_t deadline)
 {
-    while (apr_time_now() < deadline) {
+    const volatile int *cancel = ts->cred->http.cancel;
+    while (apr_time_now() < deadline && !entra_cancelled(cancel)) {
         apr_int64_t sec = now_sec();
+        apr_time_t until;
         int n, got = 0;
         for (n = 0; n < MI_PER_SECOND && !got; n++)
             got = ts->store->add(ts->store, apr_psprintf(p, "mi|r|%" APR_INT64_T_FMT "|%d", sec, n),
                                  "1", 1, apr_time_from_sec(sec + 2)) == APR_SUCCESS;
         if (!got) {
-            apr_sleep(apr_time_from_sec(sec + 1) - apr_time_now() + 1000);
+            until = apr_time_from_sec(sec + 1) + 1000;
+            entra_sleep_until(until < deadline ? until : deadline, cancel);
             continue;
         }
         for (n = 0; n < MI_CONCURRENCY; n++) {
@@ -174,7 +160,8 @@ static const char *mi_slot_acquire(entra_tokensrc *ts, apr_pool_t *p, apr_time_t
                 APR_SUCCESS)
                 return k;
         }
-        apr_sleep(50 * 1000);
+        until = apr_time_now() + apr_time_from_msec(50);
+        entra_sleep_until(until < deadline ? until : deadline, cancel);
     }
     return NULL;
 }
@@ -191,17 +178,25 @@ static apr_status_t fetch_with_retries(entra_tokensrc *ts, apr_pool_t *p, apr_ti
 
     for (*retries = 0;; (*retries)++) {
         const char *slot = NULL;
-        if (ts->cred->http.cancel && *ts->cred->http.cancel) {
-            fr->error = "cancelled";
+        long delay;
+        if (entra_cancelled(ts->cred->http.cancel)) {
+            memset(fr, 0, sizeof(*fr));
+            fr->error = "cancelled (process exiting)";
             return APR_EINTR;
         }
-        long delay, remaining = (long)apr_time_as_msec(deadline - apr_time_now());
-        if (remaining <= 0) {
+        if (apr_time_now() >= deadline) {
+            memset(fr, 0, sizeof(*fr));
+            fr->retry_after = -1;
             fr->error = "timed out";
             return APR_TIMEUP;
         }
         if (mi && !(slot = mi_slot_acquire(ts, p, deadline))) {
             memset(fr, 0, sizeof(*fr));
+            if (entra_cancelled(ts->cred->http.cancel)) {
+                fr->retry_after = -1;
+                fr->error = "cancelled (process exiting)";
+                return APR_EINTR;
+            }
             fr->retry_after = 1;
             fr->error = "managed identity request limit reached";
             return APR_TIMEUP;
@@ -220,6 +215,7 @@ static apr_status_t fetch_with_retries(entra_tokensrc *ts, apr_pool_t *p, apr_ti
         if (!fr->retryable ||
             (*retries >= max && !(first_410 && apr_time_now() - first_410 < apr_time_from_sec(75))))
             return rv;
+        /* retry_after is clamped to ENTRA_BACKOFF_MAX where it is parsed. */
         delay = fr->retry_after >= 0 ? fr->retry_after
                                      : (mi ? mi_delays[*retries < 5 ? *retries : 4]
                                            : entra_delays[*retries < 3 ? *retries : 2]);
@@ -227,121 +223,130 @@ static apr_status_t fetch_with_retries(entra_tokensrc *ts, apr_pool_t *p, apr_ti
             fr->retry_after = delay;
             return rv;
         }
-        /* Sleep in steps so that a cancel (child exiting) is seen promptly. */
-        for (remaining = delay * 10; remaining > 0; remaining--) {
-            if (ts->cred->http.cancel && *ts->cred->http.cancel) {
-                fr->error = "cancelled";
-                return APR_EINTR;
-            }
-            apr_sleep(100 * 1000);
+        if (entra_sleep_until(apr_time_now() + apr_time_from_sec(delay),
+                              ts->cred->http.cancel) != APR_SUCCESS) {
+            fr->error = "cancelled (process exiting)";
+            return APR_EINTR;
         }
     }
 }
 
-/* One fetch machine-wide; the others wait for its outcome (bounded by `budget_ms`). */
+/* The flight of one token fetch (see entra_flight.h). */
+typedef struct {
+    entra_tokensrc *ts;
+    apr_int64_t v0;        /* the version the caller had */
+    long retry_after;      /* out: seconds until the next attempt after a failure */
+    apr_time_t start;
+} token_flight;
+
+static int tf_newer(void *baton, apr_pool_t *p)
+{
+    token_flight *tf = baton;
+    int newer;
+    sync_from_store(tf->ts, p);
+    apr_thread_mutex_lock(tf->ts->mu);
+    newer = tf->ts->version != tf->v0;
+    apr_thread_mutex_unlock(tf->ts->mu);
+    return newer;
+}
+
+static int tf_failed(void *baton, apr_pool_t *p, const char **why)
+{
+    token_flight *tf = baton;
+    return entra_backoff_active(tf->ts->store, p, skey(p, tf->ts, "fail"), why, &tf->retry_after);
+}
+
+static apr_status_t tf_fetch(void *baton, apr_pool_t *p, apr_time_t deadline, const char **why)
+{
+    token_flight *tf = baton;
+    entra_tokensrc *ts = tf->ts;
+    entra_token tok;
+    entra_fetch_result fr;
+    entra_backoff b;
+    int retries;
+    apr_status_t rv;
+    apr_int64_t now;
+    const char *src = entra_cred_kind_name(ts->cred->kind), *fail = skey(p, ts, "fail"), *err;
+    long backoff;
+
+    rv = fetch_with_retries(ts, p, deadline, &tok, &fr, &retries);
+    now = now_sec();
+    if (rv == APR_SUCCESS) {
+        json_t *rec = json_pack("{s:s, s:I, s:I, s:I, s:I}", "t", tok.access_token, "exp",
+                                (json_int_t)tok.expires_on, "obt", (json_int_t)tok.obtained,
+                                "ref", (json_int_t)refresh_time(tok.obtained, tok.expires_on),
+                                "v", (json_int_t)apr_time_now());
+        char *text = entra_json_dump(p, entra_json_pool_own(p, rec));
+        ts->store->put(ts->store, skey(p, ts, "rec"), text, strlen(text),
+                       apr_time_from_sec(tok.expires_on));
+        entra_backoff_clear(ts->store, fail);
+        entra_log(ENTRA_LOG_INFO,
+                  "ENTRA0302: token for identity %s, resource %s from %s: status 200 in %"
+                  APR_TIME_T_FMT " ms, %d retries, expires in %" APR_INT64_T_FMT " s",
+                  ts->cred->name, ts->resource, src,
+                  apr_time_as_msec(apr_time_now() - tf->start), retries, tok.expires_on - now);
+        return rv;
+    }
+    err = apr_psprintf(p, "%s%s%s", fr.error ? fr.error : "failed", fr.description ? ": " : "",
+                       fr.description ? fr.description : "");
+    *why = err;
+    if (rv == APR_EINTR)
+        return rv; /* the process is exiting: not the endpoint's fault, nothing to back off */
+    entra_backoff_get(ts->store, p, fail, &b);
+    backoff = fr.retry_after >= 0
+                  ? fr.retry_after
+                  : entra_backoff_delay(b.n + 1, FAIL_BACKOFF_BASE, ENTRA_BACKOFF_MAX);
+    /* Cold fetches should be retried soon; refreshes of a live token can wait. */
+    if (fr.retry_after < 0 && backoff > FAIL_BACKOFF_COLD && !local_token(ts, p, now, 0))
+        backoff = FAIL_BACKOFF_COLD;
+    if (backoff > ENTRA_BACKOFF_MAX)
+        backoff = ENTRA_BACKOFF_MAX;
+    b.n = entra_backoff_fail(ts->store, p, fail, backoff, err);
+    entra_log(ENTRA_LOG_ERR,
+              "ENTRA0303: token for identity %s, resource %s from %s failed: status %d in %"
+              APR_TIME_T_FMT " ms, %d retries: %s (next attempt in %ld s)",
+              ts->cred->name, ts->resource, src, fr.status,
+              apr_time_as_msec(apr_time_now() - tf->start), retries, err, backoff);
+    tf->retry_after = backoff;
+    return rv;
+}
+
+/* One fetch machine-wide; the others wait for its outcome, none past `budget_ms` nor past
+ * the moment the process starts to exit. */
 static apr_status_t fetch_single_flight(entra_tokensrc *ts, apr_pool_t *p, long budget_ms,
                                         const char **why, long *retry_after)
 {
-    const char *lease = skey(p, ts, "lease");
-    apr_time_t start = apr_time_now(), deadline = start + apr_time_from_msec(budget_ms);
-    apr_int64_t v0;
-    fail_info fi;
-    char *v;
-    apr_size_t len;
+    token_flight tf;
+    entra_flight f;
+    apr_status_t rv;
 
-    *retry_after = 1;
+    memset(&tf, 0, sizeof(tf));
+    tf.ts = ts;
+    tf.retry_after = 1;
+    tf.start = apr_time_now();
     apr_thread_mutex_lock(ts->mu);
-    v0 = ts->version;
+    tf.v0 = ts->version;
     apr_thread_mutex_unlock(ts->mu);
-    if (ts->store->add(ts->store, lease, "1", 1, deadline + apr_time_from_sec(5)) == APR_SUCCESS) {
-        entra_token tok;
-        entra_fetch_result fr;
-        int retries, newer;
-        apr_status_t rv;
-        apr_int64_t now;
-        const char *src = entra_cred_kind_name(ts->cred->kind);
-
-        /* Another process may have stored a token between our look and our lease. */
-        sync_from_store(ts, p);
-        apr_thread_mutex_lock(ts->mu);
-        newer = ts->version != v0;
-        apr_thread_mutex_unlock(ts->mu);
-        if (newer) {
-            ts->store->remove(ts->store, lease);
-            return APR_SUCCESS;
-        }
-        rv = fetch_with_retries(ts, p, deadline, &tok, &fr, &retries);
-        now = now_sec();
-
-        if (rv == APR_SUCCESS) {
-            json_t *rec = json_pack("{s:s, s:I, s:I, s:I, s:I}", "t", tok.access_token, "exp",
-                                    (json_int_t)tok.expires_on, "obt", (json_int_t)tok.obtained,
-                                    "ref", (json_int_t)refresh_time(tok.obtained, tok.expires_on),
-                                    "v", (json_int_t)apr_time_now());
-            char *text = entra_json_dump(p, entra_json_pool_own(p, rec));
-            ts->store->put(ts->store, skey(p, ts, "rec"), text, strlen(text),
-                           apr_time_from_sec(tok.expires_on));
-            ts->store->remove(ts->store, skey(p, ts, "fail"));
-            entra_log(ENTRA_LOG_INFO,
-                      "ENTRA0302: token for identity %s, resource %s from %s: status 200 in %"
-                      APR_TIME_T_FMT " ms, %d retries, expires in %" APR_INT64_T_FMT " s",
-                      ts->cred->name, ts->resource, src,
-                      apr_time_as_msec(apr_time_now() - start), retries, tok.expires_on - now);
-        }
-        else {
-            int n = get_fail(ts, p, &fi) ? fi.n + 1 : 1;
-            long backoff = fr.retry_after >= 0 ? fr.retry_after : (n >= 4 ? 300 : 30L << (n - 1));
-            const char *err = apr_psprintf(p, "%s%s%s", fr.error ? fr.error : "failed",
-                                           fr.description ? ": " : "",
-                                           fr.description ? fr.description : "");
-            json_t *f;
-            char *text;
-            /* Cold fetches should be retried soon; refreshes of a live token can wait. */
-            if (fr.retry_after < 0 && backoff > 5 && !local_token(ts, p, now, 0))
-                backoff = 5;
-            f = json_pack("{s:i, s:I, s:s}", "n", n, "next", (json_int_t)(now + backoff), "err", err);
-            text = entra_json_dump(p, entra_json_pool_own(p, f));
-            ts->store->put(ts->store, skey(p, ts, "fail"), text, strlen(text),
-                           apr_time_now() + apr_time_from_sec(3600));
-            entra_log(ENTRA_LOG_ERR,
-                      "ENTRA0303: token for identity %s, resource %s from %s failed: status %d in %"
-                      APR_TIME_T_FMT " ms, %d retries: %s (next attempt in %ld s)",
-                      ts->cred->name, ts->resource, src, fr.status,
-                      apr_time_as_msec(apr_time_now() - start), retries, err, backoff);
-            *why = err;
-            *retry_after = backoff;
-        }
-        ts->store->remove(ts->store, lease);
-        return rv;
-    }
-    /* Another thread or process is fetching: wait for its record or its failure. */
-    while (apr_time_now() < deadline) {
-        apr_sleep(WAIT_STEP);
-        sync_from_store(ts, p);
-        apr_thread_mutex_lock(ts->mu);
-        if (ts->version != v0) {
-            apr_thread_mutex_unlock(ts->mu);
-            return APR_SUCCESS;
-        }
-        apr_thread_mutex_unlock(ts->mu);
-        if (ts->store->get(ts->store, lease, p, 8, &v, &len) != APR_SUCCESS) {
-            if (get_fail(ts, p, &fi) && fi.next > now_sec()) {
-                *why = fi.err;
-                *retry_after = (long)(fi.next - now_sec());
-                return APR_EGENERAL;
-            }
-            return APR_SUCCESS;
-        }
-    }
-    *why = "timed out waiting for the token fetch";
-    return APR_TIMEUP;
+    memset(&f, 0, sizeof(f));
+    f.store = ts->store;
+    f.lease = skey(p, ts, "lease");
+    f.deadline = tf.start + apr_time_from_msec(budget_ms);
+    f.lease_ttl = apr_time_from_sec(5);
+    f.step = WAIT_STEP;
+    f.cancel = ts->cred->http.cancel;
+    f.baton = &tf;
+    f.newer = tf_newer;
+    f.fetch = tf_fetch;
+    f.failed = tf_failed;
+    rv = entra_flight_run(&f, p, why);
+    *retry_after = tf.retry_after > 0 ? tf.retry_after : 1;
+    return rv;
 }
 
 apr_status_t entra_tokensrc_get(entra_tokensrc *ts, apr_pool_t *p, const char **token,
                                 long *retry_after, const char **why)
 {
     apr_int64_t now = now_sec();
-    fail_info fi;
 
     *token = NULL;
     *retry_after = 1;
@@ -350,11 +355,8 @@ apr_status_t entra_tokensrc_get(entra_tokensrc *ts, apr_pool_t *p, const char **
     sync_from_store(ts, p);
     if ((*token = local_token(ts, p, now, 0)))
         return APR_SUCCESS;
-    if (get_fail(ts, p, &fi) && fi.next > now) {
-        *why = fi.err;
-        *retry_after = (long)(fi.next - now);
+    if (entra_backoff_active(ts->store, p, skey(p, ts, "fail"), why, retry_after))
         return APR_EAGAIN;
-    }
     fetch_single_flight(ts, p, ts->wait_ms, why, retry_after);
     sync_from_store(ts, p);
     if ((*token = local_token(ts, p, now_sec(), 0)))
@@ -367,7 +369,6 @@ apr_status_t entra_tokensrc_get(entra_tokensrc *ts, apr_pool_t *p, const char **
 void entra_tokensrc_maintain(entra_tokensrc *ts, apr_pool_t *p)
 {
     apr_int64_t now = now_sec();
-    fail_info fi;
     const char *why = NULL;
     long ra;
     int have, due;
@@ -377,7 +378,7 @@ void entra_tokensrc_maintain(entra_tokensrc *ts, apr_pool_t *p)
     have = ts->tok != NULL && ts->exp > now;
     due = !have || now >= ts->refresh_at;
     apr_thread_mutex_unlock(ts->mu);
-    if (!due || (get_fail(ts, p, &fi) && fi.next > now))
+    if (!due || entra_backoff_active(ts->store, p, skey(p, ts, "fail"), &why, NULL))
         return;
     fetch_single_flight(ts, p, BACKGROUND_BUDGET_MS, &why, &ra);
 }

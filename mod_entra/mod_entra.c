@@ -7,6 +7,7 @@
 #include <http_log.h>
 #include <http_main.h>
 #include <http_request.h>
+#include <mpm_common.h>
 #include <mod_auth.h>
 #include <ap_provider.h>
 #include <apr_hash.h>
@@ -188,6 +189,19 @@ static apr_status_t upkeep_join(void *data)
     return APR_SUCCESS;
 }
 
+/* The MPM tells us the child stops before it waits for its workers: every wait and transfer
+ * of the module (upkeep, and requests waiting on a fetch) ends now, within ENTRA_WAIT_STEP,
+ * so the workers and then the upkeep thread can be joined at once. Requests that were waiting
+ * get 503 with Retry-After. */
+static void child_stopping(apr_pool_t *pchild, int graceful)
+{
+    (void)pchild;
+    upkeep_stop = 1;
+    ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, ap_server_conf,
+                 "ENTRA0600: child stopping (%s): ending the module's waits and fetches",
+                 graceful ? "graceful" : "stop");
+}
+
 static authz_status valid_user_check(request_rec *r, const char *line, const void *parsed)
 {
     (void)line;
@@ -255,6 +269,7 @@ static void register_hooks(apr_pool_t *p)
     ap_hook_check_config(entra_check_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_post_config(post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(child_init, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_child_stopping(child_stopping, NULL, NULL, APR_HOOK_MIDDLE);
     entra_authn_register_hooks(p);
     entra_expr_register_hooks(p);
     entra_proxy_register_hooks(p);

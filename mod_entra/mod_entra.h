@@ -185,7 +185,8 @@ const char *entra_cmd_lua_limit(cmd_parms *cmd, void *dv, const char *arg);
 const char *entra_cmd_lua_headers(cmd_parms *cmd, void *dv, const char *arg);
 void entra_lua_register_providers(apr_pool_t *p);
 
-/* Arc key files through a privileged helper (mod_entra_arc.c). */
+/* Arc key files through a privileged helper (mod_entra_arc.c). entra_arc_read_key is an
+ * entra_arc_reader whose baton is the child's cancel flag (or NULL). */
 apr_status_t entra_arc_helper_start(apr_pool_t *pconf, server_rec *s, const char *key_dir);
 const char *entra_arc_read_key(void *baton, apr_pool_t *p, const char *path, const char **why);
 

@@ -1,14 +1,24 @@
 /* Azure Arc challenge keys are readable only by root (or the himds group), and httpd
  * children run unprivileged: a helper process forked by the root parent at startup reads
- * them on request over a Unix socket that only the httpd user may use. It validates the
- * path and size as the protocol requires and keeps nothing. */
+ * them on request over a Unix socket that only the httpd user may use. It keeps nothing,
+ * reads only what the core's entra_arc_key_read allows, gives each client a deadline, holds
+ * no descriptor of the parent's but its socket, and dies with the parent.
+ *
+ * Whoever runs as httpd's User can ask it, so any such process can obtain the machine's Arc
+ * identity: the same trust as membership of the himds group. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <httpd.h>
@@ -17,97 +27,127 @@
 #include <unixd.h>
 #include <apr_strings.h>
 #include <apr_thread_proc.h>
+#include <openssl/crypto.h>
 
+#include "entra_arc.h"
 #include "mod_entra.h"
 
 APLOG_USE_MODULE(entra);
 
-#define KEY_MAX 4096
 #define REQ_MAX 1024
+#define CLIENT_DEADLINE_MS 1000 /* a client has this long to ask and be answered */
+#define PARENT_CHECK_MS 500     /* how often the idle helper checks that its parent lives */
+#define CLIENT_WAIT_MS 3000     /* a child waits this long for the answer (others may be ahead) */
 
 static const char *sock_path;
 static const char *helper_key_dir;
 
-/* The same rules the core applies: a .key file directly in the directory, no links. */
-static int read_key(const char *path, char *out, size_t *len, const char **why)
+static long ms_left(const struct timespec *deadline)
 {
-    size_t dl = strlen(helper_key_dir), n = strlen(path);
-    struct stat st;
-    ssize_t r;
-    int fd;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long)(deadline->tv_sec - now.tv_sec) * 1000 + (deadline->tv_nsec - now.tv_nsec) / 1000000;
+}
 
-    if (n <= dl + 5 || strncmp(path, helper_key_dir, dl) != 0 || path[dl] != '/' ||
-        strchr(path + dl + 1, '/') || strcmp(path + n - 4, ".key") != 0 || strstr(path, "..")) {
-        *why = "path outside the Arc token directory";
-        return -1;
+/* Reads one request line, all of it within the client's deadline. */
+static size_t read_request(int fd, char *req, const struct timespec *deadline)
+{
+    size_t got = 0;
+    for (;;) {
+        struct pollfd pf = {fd, POLLIN, 0};
+        long left = ms_left(deadline);
+        ssize_t r;
+        if (left <= 0 || poll(&pf, 1, (int)left) <= 0)
+            return 0;
+        r = recv(fd, req + got, REQ_MAX - got, MSG_DONTWAIT);
+        if (r < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (r <= 0)
+            return 0;
+        got += (size_t)r;
+        if (memchr(req, '\n', got) || got == REQ_MAX)
+            return got;
     }
-    if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
-        *why = "not a regular file";
-        return -1;
-    }
-    if (st.st_size <= 0 || st.st_size > KEY_MAX) {
-        *why = "key file size not in 1..4096 bytes";
-        return -1;
-    }
-    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) {
-        *why = "cannot open the key file";
-        return -1;
-    }
-    r = read(fd, out, KEY_MAX);
-    close(fd);
-    while (r > 0 && (out[r - 1] == '\n' || out[r - 1] == '\r'))
-        r--;
-    if (r <= 0) {
-        *why = "cannot read the key file";
-        return -1;
-    }
-    for (n = 0; n < (size_t)r; n++)
-        if ((unsigned char)out[n] < 0x20 || out[n] == 0x7f) {
-            memset(out, 0, (size_t)r);
-            *why = "key file holds control characters";
-            return -1;
-        }
-    *len = (size_t)r;
-    return 0;
+}
+
+static void reply(int fd, const char *a, size_t alen, const char *b, size_t blen)
+{
+    /* The answer is small: a socket buffer takes it without blocking; MSG_DONTWAIT makes
+     * sure a client that does not read cannot hold the helper. */
+    (void)!send(fd, a, alen, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (blen)
+        (void)!send(fd, b, blen, MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
 static void serve(int fd)
 {
-    char req[REQ_MAX + 1], key[KEY_MAX + 4];
-    size_t got = 0, klen = 0;
+    char req[REQ_MAX + 1], key[ENTRA_ARC_KEY_MAX + 1];
+    size_t got, klen = 0;
     const char *why = NULL;
-    ssize_t r;
-    struct timeval tv = {2, 0};
+    struct timespec deadline;
+    struct ucred cred;
+    socklen_t cl = sizeof(cred);
 
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    while (got < REQ_MAX && (r = read(fd, req + got, REQ_MAX - got)) > 0) {
-        got += (size_t)r;
-        if (memchr(req, '\n', got))
-            break;
+    /* Only httpd's user (and root) may ask, whatever the socket's mode says. */
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0 ||
+        (cred.uid != 0 && cred.uid != ap_unixd_config.user_id)) {
+        reply(fd, "ERR peer not allowed", 20, NULL, 0);
+        return;
     }
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += CLIENT_DEADLINE_MS / 1000;
+    deadline.tv_nsec += (CLIENT_DEADLINE_MS % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    got = read_request(fd, req, &deadline);
     req[got] = '\0';
     req[strcspn(req, "\n")] = '\0';
-    if (read_key(req, key + 3, &klen, &why) == 0) {
-        memcpy(key, "OK ", 3);
-        (void)!write(fd, key, klen + 3);
-    }
-    else {
-        (void)!write(fd, "ERR ", 4);
-        (void)!write(fd, why, strlen(why));
-    }
-    memset(key, 0, sizeof(key));
+    if (!got)
+        return;
+    if (entra_arc_key_read(helper_key_dir, req, key, sizeof(key), &klen, &why) == 0)
+        reply(fd, "OK ", 3, key, klen);
+    else
+        reply(fd, "ERR ", 4, why, strlen(why));
+    OPENSSL_cleanse(key, sizeof(key));
 }
 
-static void helper_main(int lfd)
+/* Drops every descriptor inherited from the parent (listening sockets, logs, the scoreboard)
+ * except stdio and the helper's own socket. */
+static void close_inherited(int keep)
 {
+    int fd;
+    if (keep > 3)
+        close_range(3, (unsigned)keep - 1, 0);
+    if (close_range((unsigned)keep + 1, ~0U, 0) != 0)
+        for (fd = keep + 1; fd < 65536; fd++)
+            close(fd);
+}
+
+static void helper_main(int lfd, pid_t parent)
+{
+    /* Die with the parent: PDEATHSIG for a parent that is killed, and the parent check for
+     * the window before prctl and for a parent that exits while we sit in poll. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(0);
+    close_inherited(lfd);
     signal(SIGTERM, SIG_DFL);
     signal(SIGHUP, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGWINCH, SIG_IGN);
     for (;;) {
-        int fd = accept(lfd, NULL, NULL);
+        struct pollfd pf = {lfd, POLLIN, 0};
+        int fd, n = poll(&pf, 1, PARENT_CHECK_MS);
+        if (getppid() != parent)
+            _exit(0);
+        if (n <= 0)
+            continue;
+        fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EINTR)
+            if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED)
                 continue;
             _exit(1);
         }
@@ -121,6 +161,7 @@ apr_status_t entra_arc_helper_start(apr_pool_t *pconf, server_rec *s, const char
     struct sockaddr_un sa;
     apr_proc_t *proc = apr_pcalloc(pconf, sizeof(*proc));
     apr_status_t rv;
+    pid_t parent;
     int lfd;
 
     sock_path = ap_runtime_dir_relative(pconf, "mod_entra_arc.sock");
@@ -148,9 +189,10 @@ apr_status_t entra_arc_helper_start(apr_pool_t *pconf, server_rec *s, const char
         ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s, "ENTRA0012: chown %s failed", sock_path);
     chmod(sock_path, 0600);
 
+    parent = getpid();
     rv = apr_proc_fork(proc, pconf);
     if (rv == APR_INCHILD) {
-        helper_main(lfd);
+        helper_main(lfd, parent);
         _exit(0);
     }
     close(lfd);
@@ -162,16 +204,16 @@ apr_status_t entra_arc_helper_start(apr_pool_t *pconf, server_rec *s, const char
     return APR_SUCCESS;
 }
 
+/* `baton` is the child's cancel flag (or NULL): the wait for the helper's answer ends at
+ * CLIENT_WAIT_MS, or within 100 ms of the child beginning to stop. */
 const char *entra_arc_read_key(void *baton, apr_pool_t *p, const char *path, const char **why)
 {
+    const volatile int *cancel = baton;
     struct sockaddr_un sa;
-    char buf[KEY_MAX + 16];
+    char buf[ENTRA_ARC_KEY_MAX + 16];
     size_t got = 0;
-    ssize_t r;
-    int fd;
-    struct timeval tv = {3, 0};
+    int fd, waited = 0;
     const char *out = NULL;
-    (void)baton;
 
     if (!sock_path) {
         *why = "Arc helper not running";
@@ -187,14 +229,29 @@ const char *entra_arc_read_key(void *baton, apr_pool_t *p, const char *path, con
         *why = "cannot reach the Arc helper";
         return NULL;
     }
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    if (write(fd, path, strlen(path)) < 0 || write(fd, "\n", 1) < 0) {
+    if (send(fd, path, strlen(path), MSG_NOSIGNAL | MSG_DONTWAIT) < 0 ||
+        send(fd, "\n", 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
         close(fd);
         *why = "cannot ask the Arc helper";
         return NULL;
     }
-    while (got < sizeof(buf) - 1 && (r = read(fd, buf + got, sizeof(buf) - 1 - got)) > 0)
+    while (got < sizeof(buf) - 1 && waited < CLIENT_WAIT_MS && !(cancel && *cancel)) {
+        struct pollfd pf = {fd, POLLIN, 0};
+        ssize_t r;
+        int n = poll(&pf, 1, 100);
+        if (n < 0 && errno != EINTR)
+            break;
+        if (n <= 0) {
+            waited += 100;
+            continue;
+        }
+        r = recv(fd, buf + got, sizeof(buf) - 1 - got, MSG_DONTWAIT);
+        if (r < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (r <= 0)
+            break;
         got += (size_t)r;
+    }
     close(fd);
     buf[got] = '\0';
     if (got > 3 && !strncmp(buf, "OK ", 3))
@@ -202,6 +259,6 @@ const char *entra_arc_read_key(void *baton, apr_pool_t *p, const char *path, con
     else
         *why = got > 4 && !strncmp(buf, "ERR ", 4) ? apr_pstrdup(p, buf + 4)
                                                     : "no answer from the Arc helper";
-    memset(buf, 0, sizeof(buf));
+    OPENSSL_cleanse(buf, sizeof(buf));
     return out;
 }

@@ -15,7 +15,9 @@
 #include <apr_strings.h>
 #include <apr_lib.h>
 
+#include "entra_arc.h"
 #include "entra_cred.h"
+#include "entra_flight.h"
 #include "entra_http.h"
 #include "entra_policy.h"
 #include "entra_tokenstore.h"
@@ -261,7 +263,7 @@ const char *entra_cmd_arc_key_dir(cmd_parms *cmd, void *dv, const char *arg)
 {
     entra_srv_conf *sc = ap_get_module_config(cmd->server->module_config, &entra_module);
     (void)dv;
-    if (arg[0] != '/' || arg[strlen(arg) - 1] == '/' || strstr(arg, ".."))
+    if (entra_arc_key_dir_check(arg))
         return "EntraArcKeyDirectory: an absolute directory path without a trailing slash";
     sc->arc_key_dir = apr_pstrdup(cmd->pool, arg);
     return NULL;
@@ -368,6 +370,8 @@ void entra_proxy_child_init(apr_pool_t *p, server_rec *s, const volatile int *ca
         void *v;
         apr_hash_this(hi, NULL, NULL, &v);
         ((entra_cred *)v)->http.cancel = cancel;
+        if (((entra_cred *)v)->kind == ENTRA_CRED_ARC)
+            ((entra_cred *)v)->arc_baton = (void *)cancel; /* see entra_arc_read_key */
     }
     /* Sources created from now on belong to this process. */
     apr_pool_create(&token_sources_pool, p);
@@ -431,7 +435,9 @@ static int proxy_fixups(request_rec *r)
                   "ENTRA0305: no token for %s (%s): answering 503", pt->resource,
                   why ? why : "no identity");
     apr_table_setn(r->err_headers_out, "Retry-After",
-                   apr_ltoa(r->pool, retry_after > 0 ? retry_after : 1));
+                   apr_ltoa(r->pool, retry_after < 1                   ? 1
+                                     : retry_after > ENTRA_BACKOFF_MAX ? ENTRA_BACKOFF_MAX
+                                                                       : retry_after));
     return HTTP_SERVICE_UNAVAILABLE;
 }
 

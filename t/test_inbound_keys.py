@@ -368,3 +368,24 @@ def test_https_authority_with_untrusted_certificate_is_503(start, tls_files):
     r = s.get("/any/ok.txt", s.token(), timeout=40)
     _expect_503(s, r, time.monotonic() - t0)
     assert s.fake.stats()["total"] == 0, "no request may complete over an unverified TLS connection"
+
+
+# ------------------------------------------------------------------ bounded waits
+
+KEY_WAIT_BOUND = 11.0   # README: a request waits at most the fetch timeout (10 s) + 1 s for keys
+
+
+def test_request_waiting_on_another_fetch_ends_at_the_bound(start):
+    """The upkeep of a child holds the machine-wide lease while discovery answers slowly and the
+    JWKS hangs: a request waiting on that lease gets 503 within the documented bound, because
+    one fetch has one budget for all its documents (before: discovery 6 s + JWKS 10 s)."""
+    s = start(prepare=modes(discovery=("slow", 6.0), jwks=("hang", 60.0)))
+    time.sleep(0.5)    # the upkeep threads started the fetch at child start
+    t0 = time.monotonic()
+    r = fresh_get(s.url("/any/ok.txt"), s.token(), 40.0)
+    elapsed = time.monotonic() - t0
+    r._stack = s
+    expect_status(r, 503, "(keys unobtainable while the fetch hangs)")
+    print(f"[key wait] 503 after {elapsed:.2f} s")
+    assert elapsed <= KEY_WAIT_BOUND + 0.5, f"the request waited {elapsed:.1f} s for keys"
+    s.fake.stop()
