@@ -1,5 +1,5 @@
 #!/bin/sh
-# Runs libFuzzer harnesses one after another (one process, one worker: the machine is shared)
+# Runs libFuzzer harnesses one after another, each as one process (no -jobs: the machine is shared)
 # on scratch copies of their seed corpora, and prints one summary line per harness from
 # libFuzzer's final statistics. Usage: run.sh SECONDS BUILD_DIR HARNESS...
 # Exits 1 when any harness found a crash, a leak, a timeout or an out-of-memory.
@@ -20,7 +20,7 @@ for bin in "$@"; do
     [ -f "$here/$short.dict" ] && dict="-dict=$here/$short.dict"
     echo "== $name: $secs s"
     "$bin" -max_total_time="$secs" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
-        -jobs=1 -workers=1 -artifact_prefix="$work/artifacts/" $dict "$work/corpus" \
+        -artifact_prefix="$work/artifacts/" $dict "$work/corpus" \
         >"$work/log" 2>&1
     rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/log" | tail -n 1)
