@@ -185,7 +185,8 @@ scan-objs:
 	@mkdir -p $(SCAN_DIR)/obj
 	@set -e; for f in $(GLUE_SRC) $(CORE_SRC) $(LUAV_SRC) $(LUAMOD_SRC); do \
 	  echo "  SCAN  $$f"; \
-	  $(CC) $(HTTPD_CFLAGS) $(WARN) -Wno-error=unknown-warning-option $(OPT) -Imod_entra -Ilua \
+	  $(CC) $(HTTPD_CFLAGS) $(WARN) -Wno-null-pointer-subtraction \
+	    -Wno-missing-field-initializers $(OPT) -Imod_entra -Ilua \
 	    $(APR_CFLAGS) $(DEP_CFLAGS) $(LUA_CFLAGS) -c -o $(SCAN_DIR)/obj/$$(basename $$f .c).o $$f; \
 	done
 

@@ -2,20 +2,23 @@
  * is up to four documents separated by "\n--\n" (v2 discovery, v2 JWKS, v1 discovery,
  * v1 JWKS), served by the HTTP stub (an empty part answers 404). A cold acquire fetches
  * v2, the upkeep then merges v1, and the snapshot comes back out of the store's record.
+ * With a fifth part, the record is evicted from the store before the upkeep runs (its v1
+ * step then fails, and must say why, while the process keeps its keys).
  * Only https:// (or loopback) URLs are ever requested; a usable snapshot has the v2
  * document's issuer and at least one key. */
 #include <string.h>
 
 #include "entra_json.h"
 #include "entra_keys.h"
+#include "entra_log.h"
 #include "fuzz.h"
 
 #define META_V2 "https://login.example.test/t/v2.0/.well-known/openid-configuration"
 #define META_V1 "https://login.example.test/t/.well-known/openid-configuration"
 
 typedef struct {
-    const uint8_t *part[4];
-    size_t len[4];
+    const uint8_t *part[5];
+    size_t len[5];
     size_t n;
     unsigned jwks_requests, requests;
 } served;
@@ -61,6 +64,14 @@ static void check(apr_pool_t *p, const served *s, entra_keys_snapshot *snap)
     FUZZ_ASSERT(iss && snap->iss.v2 && strcmp(iss, snap->iss.v2) == 0);
 }
 
+/* Every message the source logs names a reason; print them with FUZZ_VERBOSE set. */
+static void sink(void *baton, entra_log_level level, const char *msg)
+{
+    FUZZ_ASSERT(msg && strncmp(msg, "ENTRA", 5) == 0);
+    if (getenv("FUZZ_VERBOSE"))
+        fprintf(stderr, "log: %s\n", msg);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     apr_pool_t *p;
@@ -71,8 +82,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     served s;
 
     apr_pool_create(&p, fuzz_init());
+    entra_log_set(sink, NULL, ENTRA_LOG_DEBUG);
     memset(&s, 0, sizeof(s));
-    s.n = fuzz_split(data, size, s.part, s.len, 4);
+    s.n = fuzz_split(data, size, s.part, s.len, 5);
     fuzz_http_set(answer, &s);
     FUZZ_ASSERT(entra_memstore_create(p, 64, &store) == APR_SUCCESS);
     FUZZ_ASSERT(entra_source_create(p, "fuzz", META_V2, META_V1, 1, &src) == APR_SUCCESS);
@@ -82,11 +94,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(p, &s, snap);
         entra_snapshot_release(snap);
         snap = NULL;
+        if (s.n == 5)
+            store->remove(store, "fuzz|rec");
         /* The upkeep's follow-up: only the v1 part, merged into the stored record. */
         entra_source_maintain(src, p);
         FUZZ_ASSERT(entra_source_acquire(src, p, &snap, &why) == APR_SUCCESS);
         check(p, &s, snap);
-        FUZZ_ASSERT(snap->v1_tried);
+        FUZZ_ASSERT(snap->v1_tried == (s.n < 5));
         entra_snapshot_release(snap);
     }
     else

@@ -130,6 +130,7 @@ def main() -> None:
         SEP.join([doc(v2iss, u2), small, doc(et.v1_issuer(TENANT), u1), small1]),
         SEP.join([doc(et.V2_TEMPLATE, u2), small]),
         SEP.join([doc(v2iss, u2), small, b"", b""]),
+        SEP.join([doc(v2iss, u2), small, doc(et.v1_issuer(TENANT), u1), small1, b"evict"]),
         SEP.join([doc(v2iss, "http://evil.example/keys"), small]),
         SEP.join([doc(v2iss, "http://127.0.0.1:8443/keys"), dumps({"keys": [x5c_only]})]),
         SEP.join([doc(v2iss, u2), dumps({"keys": []})]),
