@@ -18,7 +18,9 @@ ifeq ($(SANITIZE),1)
 SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 OPT      = -O1 -g
 endif
+# ThreadSanitizer with clang: gcc's refuses the verdict table's standalone fences.
 ifeq ($(TSAN),1)
+CC       = clang-14
 SAN      = -fsanitize=thread -fno-omit-frame-pointer
 OPT      = -O1 -g
 endif
