@@ -522,8 +522,10 @@ static const json_t *self_claims(lua_State *L)
         ref = luaL_testudata(L, -1, CLAIMSREF_MT);
         lua_pop(L, 2); /* the metatable of argument 1 keeps the reference alive */
     }
-    if (!ref || !ref->claims)
+    if (!ref || !ref->claims) {
         luaL_argerror(L, 1, "verified claims expected (from verifier:verify)");
+        return NULL; /* not reached: luaL_argerror raises */
+    }
     return ref->claims;
 }
 

@@ -12,7 +12,8 @@
 
 int entra_cancelled(const volatile int *cancel)
 {
-    return cancel && *cancel;
+    /* Set by another thread (child_stopping): an atomic load, not a plain read. */
+    return cancel && __atomic_load_n(cancel, __ATOMIC_ACQUIRE);
 }
 
 apr_status_t entra_sleep_until(apr_time_t until, const volatile int *cancel)

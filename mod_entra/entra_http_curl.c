@@ -56,7 +56,7 @@ static int on_progress(void *baton, curl_off_t dt, curl_off_t dn, curl_off_t ut,
 {
     const volatile int *cancel = baton;
     (void)dt, (void)dn, (void)ut, (void)un;
-    return *cancel ? 1 : 0;
+    return __atomic_load_n(cancel, __ATOMIC_ACQUIRE) ? 1 : 0;
 }
 
 typedef struct {
@@ -152,7 +152,7 @@ static CURLcode perform(CURL *c, const volatile int *cancel)
                     rc = msg->data.result;
             break;
         }
-        if (*cancel) {
+        if (__atomic_load_n(cancel, __ATOMIC_ACQUIRE)) {
             rc = CURLE_ABORTED_BY_CALLBACK;
             break;
         }

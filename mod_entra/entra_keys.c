@@ -181,8 +181,8 @@ static apr_status_t fetch_doc_keys(entra_source *src, apr_pool_t *p, const char 
     if (src->jwks_query)
         *jwks_uri = apr_pstrcat(p, *jwks_uri, strchr(*jwks_uri, '?') ? "&" : "?",
                                 src->jwks_query, NULL);
-    if ((rv = get_json(src, p, *jwks_uri, deadline, &jwks, why)) != APR_SUCCESS ||
-        (rv = entra_keyset_from_jwks(p, jwks, *jwks_uri, ks, why)) != APR_SUCCESS) {
+    if (get_json(src, p, *jwks_uri, deadline, &jwks, why) != APR_SUCCESS ||
+        entra_keyset_from_jwks(p, jwks, *jwks_uri, ks, why) != APR_SUCCESS) {
         *why = apr_pstrcat(p, "JWKS ", *jwks_uri, ": ", *why, NULL);
         return APR_EGENERAL;
     }
@@ -203,6 +203,8 @@ static apr_status_t fetch_v1_part(entra_source *src, apr_pool_t *p, apr_time_t d
     size_t i;
     int j;
 
+    /* The caller logs and stores *why: every failure sets it. */
+    *why = "no key record in the cache to add the v1 keys to";
     if (src->store->get(src->store, skey(p, src, "rec"), p, RECORD_MAX, &old, &olen) !=
             APR_SUCCESS ||
         entra_json_parse_object(p, old, olen, RECORD_MAX, &rec, why) != APR_SUCCESS ||
@@ -464,7 +466,7 @@ entra_keys_snapshot *entra_source_refetch_for_kid(entra_source *src, apr_pool_t 
 
 void entra_source_maintain(entra_source *src, apr_pool_t *p)
 {
-    const char *why;
+    const char *why = "key fetch failed";
     int recent;
     apr_int64_t now = now_sec();
     entra_keys_snapshot *snap;

@@ -176,6 +176,9 @@ static apr_status_t fetch_with_retries(entra_tokensrc *ts, apr_pool_t *p, apr_ti
     apr_time_t first_410 = 0;
     apr_status_t rv;
 
+    /* Cancelled or out of time before the first attempt: nothing else fills it in. */
+    memset(fr, 0, sizeof(*fr));
+    fr->retry_after = -1;
     for (*retries = 0;; (*retries)++) {
         const char *slot = NULL;
         long delay;

@@ -151,7 +151,7 @@ static void *APR_THREAD_FUNC upkeep(apr_thread_t *thd, void *data)
     int tick = 0, second = 0;
     (void)data;
     apr_pool_create(&p, NULL);
-    while (!upkeep_stop) {
+    while (!__atomic_load_n(&upkeep_stop, __ATOMIC_ACQUIRE)) {
         if (second-- <= 0) {
             entra_proxy_maintain(p);
             apr_pool_clear(p);
@@ -168,7 +168,7 @@ static void *APR_THREAD_FUNC upkeep(apr_thread_t *thd, void *data)
                 APR_ARRAY_PUSH(list, entra_source *) = v;
             }
             apr_thread_mutex_unlock(sources_mu);
-            for (i = 0; i < list->nelts && !upkeep_stop; i++)
+            for (i = 0; i < list->nelts && !__atomic_load_n(&upkeep_stop, __ATOMIC_ACQUIRE); i++)
                 entra_source_maintain(APR_ARRAY_IDX(list, i, entra_source *), p);
             apr_pool_clear(p);
             tick = UPKEEP_SECONDS * 10;
@@ -184,7 +184,7 @@ static void *APR_THREAD_FUNC upkeep(apr_thread_t *thd, void *data)
 static apr_status_t upkeep_join(void *data)
 {
     apr_status_t rv;
-    upkeep_stop = 1;
+    __atomic_store_n(&upkeep_stop, 1, __ATOMIC_RELEASE);
     apr_thread_join(&rv, (apr_thread_t *)data);
     return APR_SUCCESS;
 }
@@ -196,7 +196,7 @@ static apr_status_t upkeep_join(void *data)
 static void child_stopping(apr_pool_t *pchild, int graceful)
 {
     (void)pchild;
-    upkeep_stop = 1;
+    __atomic_store_n(&upkeep_stop, 1, __ATOMIC_RELEASE);
     ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, ap_server_conf,
                  "ENTRA0600: child stopping (%s): ending the module's waits and fetches",
                  graceful ? "graceful" : "stop");
@@ -255,7 +255,7 @@ static void child_init(apr_pool_t *p, server_rec *s)
     sources = apr_hash_copy(sources_pool, sources); /* its new entries must not come from pconf */
     if (entra_l1_create(p, 256, &process_l1) != APR_SUCCESS)
         process_l1 = NULL;
-    upkeep_stop = 0;
+    __atomic_store_n(&upkeep_stop, 0, __ATOMIC_RELEASE);
     entra_proxy_child_init(p, s, &upkeep_stop);
     if (apr_thread_create(&thd, NULL, upkeep, NULL, p) == APR_SUCCESS)
         apr_pool_pre_cleanup_register(p, thd, upkeep_join);

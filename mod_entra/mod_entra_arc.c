@@ -235,7 +235,7 @@ const char *entra_arc_read_key(void *baton, apr_pool_t *p, const char *path, con
         *why = "cannot ask the Arc helper";
         return NULL;
     }
-    while (got < sizeof(buf) - 1 && waited < CLIENT_WAIT_MS && !(cancel && *cancel)) {
+    while (got < sizeof(buf) - 1 && waited < CLIENT_WAIT_MS && !(cancel && __atomic_load_n(cancel, __ATOMIC_ACQUIRE))) {
         struct pollfd pf = {fd, POLLIN, 0};
         ssize_t r;
         int n = poll(&pf, 1, 100);

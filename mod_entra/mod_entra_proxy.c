@@ -180,7 +180,7 @@ const char *entra_cmd_identity(cmd_parms *cmd, void *dv, const char *args)
             return kv_error(cmd, name, "tenant= must be a tenant id (or AZURE_TENANT_ID set)");
         if (!c->client_id || !*c->client_id)
             return kv_error(cmd, name, "client_id= is required (or AZURE_CLIENT_ID set)");
-        if (!entra_http_url_allowed(c->authority))
+        if (!c->authority || !entra_http_url_allowed(c->authority))
             return kv_error(cmd, name, "authority= must be https (http only for loopback)");
         if (c->authority[strlen(c->authority) - 1] != '/')
             c->authority = apr_pstrcat(cmd->pool, c->authority, "/", NULL);
@@ -190,7 +190,7 @@ const char *entra_cmd_identity(cmd_parms *cmd, void *dv, const char *args)
             return kv_error(cmd, name,
                             "token_file= is required (or AZURE_FEDERATED_TOKEN_FILE set)");
         if (c->kind == ENTRA_CRED_CERTIFICATE) {
-            const char *cp, *kp;
+            const char *cp = NULL, *kp = NULL;
             if (!cert || !key)
                 return kv_error(cmd, name, "cert= and key= are required");
             if ((err = file_arg(cmd, name, "cert", cert, &cp)) ||
@@ -408,7 +408,7 @@ static int proxy_fixups(request_rec *r)
     entra_proxy_token *pt = d->proxy_token;
     entra_tokensrc *ts;
     const char *tok, *why = NULL;
-    long retry_after = 0;
+    long retry_after = -1; /* no identity or source: nothing sets it */
 
     if (!pt || !is_proxied(r))
         return DECLINED;

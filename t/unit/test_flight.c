@@ -73,7 +73,7 @@ static volatile int cancel_flag;
 static void *APR_THREAD_FUNC set_cancel_later(apr_thread_t *t, void *data)
 {
     apr_sleep(apr_time_from_msec(150));
-    cancel_flag = 1;
+    __atomic_store_n(&cancel_flag, 1, __ATOMIC_RELEASE);
     (void)t;
     (void)data;
     return NULL;
