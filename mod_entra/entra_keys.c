@@ -7,6 +7,7 @@
 #include "entra_keys.h"
 #include "entra_vtab.h"
 #include "entra_log.h"
+#include "entra_metrics.h"
 
 #define RECORD_MAX (64 * 1024)    /* compact key record in the store */
 #define DOC_MAX (256 * 1024)      /* discovery or JWKS response */
@@ -293,6 +294,18 @@ static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, int with_v1, con
     return APR_SUCCESS;
 }
 
+/* Counts a fetch of this process and remembers its failure for the status page. */
+static void note_fetch(entra_source *src, apr_status_t rv, const char *why)
+{
+    entra_metrics_add(rv == APR_SUCCESS ? ENTRA_M_KEYS_OK : ENTRA_M_KEYS_ERROR, 1);
+    if (rv == APR_SUCCESS)
+        return;
+    apr_thread_mutex_lock(src->mu);
+    apr_cpystrn(src->last_error, why ? why : "fetch failed", sizeof(src->last_error));
+    src->last_error_at = now_sec();
+    apr_thread_mutex_unlock(src->mu);
+}
+
 /* Fetches unless another process on the machine already is; either way returns once new
  * keys are stored, the fetch failed, or the fetch timeout passed. */
 static apr_status_t fetch_single_flight(entra_source *src, apr_pool_t *p, int with_v1,
@@ -320,6 +333,7 @@ static apr_status_t fetch_single_flight(entra_source *src, apr_pool_t *p, int wi
             return APR_SUCCESS;
         }
         rv = fetch_now(src, p, with_v1, why);
+        note_fetch(src, rv, rv == APR_SUCCESS ? NULL : *why);
         if (rv != APR_SUCCESS) {
             /* Back off: 5 s doubling to 60 s while failures continue. */
             char *prev;
@@ -459,4 +473,35 @@ void entra_source_maintain(entra_source *src, apr_pool_t *p)
                       src->meta_v2, (long)(now - snap->fetched), why);
     }
     entra_snapshot_release(snap);
+}
+
+void entra_source_status_get(entra_source *src, apr_pool_t *p, entra_source_status *st)
+{
+    char *v;
+    apr_size_t len;
+    int i;
+
+    memset(st, 0, sizeof(*st));
+    st->meta = src->meta_v2;
+    st->kids = apr_array_make(p, 4, sizeof(const char *));
+    sync_from_store(src, p);
+    apr_thread_mutex_lock(src->mu);
+    if (src->cur) {
+        st->issuer = apr_pstrdup(p, src->cur->iss.v2);
+        st->issuer_v1 = src->cur->iss.v1 ? apr_pstrdup(p, src->cur->iss.v1) : NULL;
+        st->fetched = src->cur->fetched;
+        st->next_refresh = src->cur->fetched + src->refresh_interval;
+        for (i = 0; i < src->cur->ks->keys->nelts; i++)
+            APR_ARRAY_PUSH(st->kids, const char *) =
+                apr_pstrdup(p, APR_ARRAY_IDX(src->cur->ks->keys, i, entra_key).kid);
+    }
+    if (src->last_error_at) {
+        st->last_error = apr_pstrdup(p, src->last_error);
+        st->last_error_at = src->last_error_at;
+    }
+    apr_thread_mutex_unlock(src->mu);
+    if (src->store->get(src->store, skey(p, src, "fail"), p, 256, &v, &len) == APR_SUCCESS) {
+        st->last_error = v;
+        st->last_error_at = 0;
+    }
 }

@@ -6,6 +6,7 @@
 
 #include "entra_json.h"
 #include "entra_log.h"
+#include "entra_metrics.h"
 #include "entra_tokenstore.h"
 
 #define RECORD_MAX (32 * 1024)
@@ -266,6 +267,7 @@ static apr_status_t fetch_single_flight(entra_tokensrc *ts, apr_pool_t *p, long 
             return APR_SUCCESS;
         }
         rv = fetch_with_retries(ts, p, deadline, &tok, &fr, &retries);
+        entra_metrics_token_fetch(ts->cred->name, rv == APR_SUCCESS);
         now = now_sec();
 
         if (rv == APR_SUCCESS) {
@@ -384,4 +386,27 @@ apr_int64_t entra_tokensrc_expiry(entra_tokensrc *ts)
     e = ts->tok ? ts->exp : 0;
     apr_thread_mutex_unlock(ts->mu);
     return e;
+}
+
+void entra_tokensrc_status_get(entra_tokensrc *ts, apr_pool_t *p, entra_tokensrc_status *st)
+{
+    fail_info fi;
+
+    memset(st, 0, sizeof(*st));
+    st->identity = ts->cred->name;
+    st->resource = ts->resource;
+    st->source = entra_cred_kind_name(ts->cred->kind);
+    sync_from_store(ts, p);
+    apr_thread_mutex_lock(ts->mu);
+    if (ts->tok) {
+        st->expires = ts->exp;
+        st->obtained = ts->obtained;
+        st->refresh_at = ts->refresh_at;
+    }
+    apr_thread_mutex_unlock(ts->mu);
+    if (get_fail(ts, p, &fi)) {
+        st->failures = fi.n;
+        st->last_error = fi.err;
+        st->next_attempt = fi.next;
+    }
 }

@@ -14,6 +14,7 @@
 #include <apr_lib.h>
 
 #include "entra_json.h"
+#include "entra_metrics.h"
 #include "mod_entra.h"
 
 APLOG_USE_MODULE(entra);
@@ -245,6 +246,7 @@ static int check_authn(request_rec *r)
     const char *tok = NULL, *user_claim;
     apr_size_t len = 0;
     json_t *user;
+    apr_uint64_t t0;
 
     if (!is_entra(r))
         return DECLINED;
@@ -252,20 +254,24 @@ static int check_authn(request_rec *r)
     if ((!d->tenant && !d->metadata_url) || !d->audiences) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                       "ENTRA0201: AuthType Entra without EntraTenant/EntraAudience here");
+        entra_metrics_authn(ENTRA_AUTHN_ERROR, ENTRA_R_INTERNAL, 0, -1);
         return HTTP_INTERNAL_SERVER_ERROR;
     }
     switch (find_token(r, d, &tok, &len)) {
     case TOK_NONE:
+        entra_metrics_authn(ENTRA_AUTHN_MISSING, ENTRA_R_MISSING_TOKEN, 0, -1);
         entra_challenge(r, NULL, NULL);
         return HTTP_UNAUTHORIZED;
     case TOK_MANY:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       "ENTRA0202: request rejected: more than one access token");
+        entra_metrics_authn(ENTRA_AUTHN_INVALID, ENTRA_R_MULTIPLE_TOKENS, 0, -1);
         entra_challenge(r, "invalid_request", "more than one access token in the request");
         return HTTP_BAD_REQUEST;
     case TOK_MALFORMED:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       "ENTRA0203: request rejected: malformed Authorization header");
+        entra_metrics_authn(ENTRA_AUTHN_INVALID, ENTRA_R_MALFORMED_HEADER, 0, -1);
         entra_challenge(r, "invalid_request", "malformed Authorization header");
         return HTTP_BAD_REQUEST;
     case TOK_ONE:
@@ -286,14 +292,17 @@ static int check_authn(request_rec *r)
     v.l1 = entra_process_l1();
     if (!v.source) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "ENTRA0204: no key source available");
+        entra_metrics_authn(ENTRA_AUTHN_ERROR, ENTRA_R_INTERNAL, 0, -1);
         return HTTP_INTERNAL_SERVER_ERROR;
     }
+    t0 = entra_metrics_now();
     entra_verify_token(r->pool, &v, tok, len, (apr_int64_t)apr_time_sec(r->request_time), &res);
 
     if (res.outcome == ENTRA_VERIFY_UNAVAILABLE) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                       "ENTRA0205: signing keys unavailable, answering 503 (token id %s): %s",
                       res.token_id, res.why);
+        entra_metrics_authn(ENTRA_AUTHN_ERROR, ENTRA_R_NO_KEYS, t0, res.cached);
         apr_table_setn(r->err_headers_out, "Retry-After", "10");
         return HTTP_SERVICE_UNAVAILABLE;
     }
@@ -315,10 +324,12 @@ static int check_authn(request_rec *r)
                       "ENTRA0206: token rejected: %s (token id %s, %sapp %s, %soid %s%s)",
                       res.why, res.token_id, said, app, said, claim_or_dash(res.claims, "oid"),
                       res.cached ? ", cached" : "");
+        entra_metrics_authn(ENTRA_AUTHN_INVALID, entra_metrics_reason(res.why), t0, res.cached);
         entra_challenge(r, "invalid_token", res.why);
         return HTTP_UNAUTHORIZED;
     }
 
+    entra_metrics_authn(ENTRA_AUTHN_VALID, ENTRA_R_OTHER, t0, res.cached);
     st = apr_pcalloc(r->pool, sizeof(*st));
     st->claims = res.claims;
     st->token_id = res.token_id;
