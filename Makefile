@@ -95,6 +95,8 @@ test-e2e: module $(if $(LUAMOD_SRC),luamod)
 	  $(PYTHON) -m pytest -q t/
 
 # `make test` and `make demo` first install missing Debian packages (as root) or name them.
+# The status page test loads the page in a real browser (headless Chromium).
+test: export EXTRA_PKGS = chromium
 test: deps
 	@$(MAKE) --no-print-directory test-unit test-e2e
 

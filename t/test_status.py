@@ -372,6 +372,6 @@ def test_html_in_a_real_browser(st):
             assert f"<code>{reason}</code>" in dom
     if os.environ.get("ENTRA_STATUS_SCREENSHOT"):
         out = os.environ["ENTRA_STATUS_SCREENSHOT"]
-        p = _browser([f"--screenshot={out}", "--window-size=1200,900", "--hide-scrollbars"],
+        p = _browser([f"--screenshot={out}", "--window-size=1200,1150", "--hide-scrollbars"],
                      st.url("/entra-status"))
         assert p.returncode == 0 and os.path.getsize(out) > 10000, p.stderr[-2000:]
