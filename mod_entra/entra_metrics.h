@@ -52,6 +52,10 @@ typedef enum { ENTRA_AUTHN_VALID = 0, ENTRA_AUTHN_INVALID, ENTRA_AUTHN_MISSING, 
     { 10000ull, 25000ull, 50000ull, 100000ull, 250000ull, 500000ull, 1000000ull, 2500000ull,  \
       5000000ull, 10000000ull, 25000000ull, 100000000ull, 1000000000ull }
 #define ENTRA_HIST_N 13
+/* The same bounds in seconds, as Prometheus `le` labels. */
+#define ENTRA_HIST_LABELS                                                                     \
+    { "1e-05", "2.5e-05", "5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005",  \
+      "0.01", "0.025", "0.1", "1" }
 
 /* Outbound identities that get their own token-fetch counters. */
 #define ENTRA_METRICS_IDENTITIES 32

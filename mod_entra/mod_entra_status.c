@@ -184,7 +184,7 @@ static void gather(request_rec *r, view_t *v)
 }
 
 static const char *const authn_names[] = {"valid", "invalid", "missing", "error"};
-static const apr_uint64_t hist_bounds[ENTRA_HIST_N] = ENTRA_HIST_BOUNDS;
+static const char *const hist_labels[ENTRA_HIST_N] = ENTRA_HIST_LABELS;
 
 static apr_uint64_t token_total(const view_t *v, int ok)
 {
@@ -286,8 +286,7 @@ static int send_json(request_rec *r, const view_t *v)
     b = json_object();
     for (i = 0; i <= ENTRA_HIST_N; i++) {
         cum += v->c[ENTRA_M_HIST + i];
-        json_object_set_new(b, i < ENTRA_HIST_N ? apr_psprintf(r->pool, "%g", hist_bounds[i] / 1e9)
-                                                : "+Inf",
+        json_object_set_new(b, i < ENTRA_HIST_N ? hist_labels[i] : "+Inf",
                             json_integer((json_int_t)cum));
     }
     json_object_set_new(root, "validation_duration",
@@ -409,9 +408,9 @@ static int send_prometheus(request_rec *r, const view_t *v)
     for (i = 0; i <= ENTRA_HIST_N; i++) {
         cum += v->c[ENTRA_M_HIST + i];
         if (i < ENTRA_HIST_N)
-            ap_rprintf(r, "entra_validation_duration_seconds_bucket{le=\"%g\"} %" APR_UINT64_T_FMT
+            ap_rprintf(r, "entra_validation_duration_seconds_bucket{le=\"%s\"} %" APR_UINT64_T_FMT
                           "\n",
-                       hist_bounds[i] / 1e9, cum);
+                       hist_labels[i], cum);
         else
             ap_rprintf(r, "entra_validation_duration_seconds_bucket{le=\"+Inf\"} %" APR_UINT64_T_FMT
                           "\n",

@@ -237,6 +237,9 @@ def test_prometheus_matches_json_and_the_mix(st):
                       if nm == "entra_validation_duration_seconds_bucket"))
     assert [v for _, v in buckets] == sorted(v for _, v in buckets)
     assert buckets[-1][0] == float("inf")
+    les = [dict(lb)["le"] for (nm, lb) in s1 if nm == "entra_validation_duration_seconds_bucket"]
+    assert all(re.fullmatch(r"\d+(\.\d+)?(e-\d+)?|\+Inf", le) for le in les), les
+    assert set(les) == set(j["validation_duration"]["buckets"])
     assert buckets[-1][1] == pv(s1, "entra_validation_duration_seconds_count") == \
         j["validation_duration"]["count"]
     assert pv(s1, "entra_validation_duration_seconds_sum") > 0

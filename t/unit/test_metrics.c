@@ -234,6 +234,21 @@ static void test_reason_codes(void)
     CHECK_STR_EQ(entra_metrics_reason_name(ENTRA_R_COUNT), "other");
 }
 
+static void test_histogram_labels(void)
+{
+    static const apr_uint64_t bounds[ENTRA_HIST_N] = ENTRA_HIST_BOUNDS;
+    static const char *const labels[ENTRA_HIST_N] = ENTRA_HIST_LABELS;
+    int i;
+    for (i = 0; i < ENTRA_HIST_N; i++) {
+        double s = strtod(labels[i], NULL);
+        CHECK_MSG((apr_uint64_t)(s * 1e9 + 0.5) == bounds[i], "%s vs %llu ns", labels[i],
+                  (unsigned long long)bounds[i]);
+        CHECK(labels[i][0] != '.');
+        if (i)
+            CHECK(bounds[i] > bounds[i - 1]);
+    }
+}
+
 int main(void)
 {
     unit_begin("test_metrics");
@@ -242,5 +257,6 @@ int main(void)
     RUN(test_authn_and_histogram);
     RUN(test_identities);
     RUN(test_reason_codes);
+    RUN(test_histogram_labels);
     return unit_end();
 }
