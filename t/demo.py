@@ -202,7 +202,10 @@ def start():
         f.write(CONF.format(run=RUN, port=PORT, mods=MODS, module=MODULE, fake=fake_port, tenant=TENANT,
                             aud_uri=AUD_URI, aud_guid=AUD_GUID, backend=BACKEND_PORT, imds=imds,
                             rules=os.path.join(ROOT, "conf", "rules.lua")))
-    r = subprocess.run(["/usr/sbin/apache2", "-f", conf, "-k", "start"], capture_output=True, text=True)
+    # Tests of a sanitizer build pass the runtime's preload settings for apache2 alone.
+    env = {**os.environ, **json.loads(os.environ.get("DEMO_APACHE_ENV", "{}"))}
+    r = subprocess.run(["/usr/sbin/apache2", "-f", conf, "-k", "start"], capture_output=True, text=True,
+                       env=env)
     if r.returncode != 0:
         sys.exit("demo: apache2 failed to start:\n" + r.stdout + r.stderr)
     wait_for(f"http://127.0.0.1:{PORT}/orders/")

@@ -12,6 +12,8 @@ import sys
 import pytest
 import requests
 
+from httpd import sanitize_enabled, sanitizer_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -34,6 +36,11 @@ def demo(test_root, module_so):
     port = _port_pair()
     run = os.path.join(test_root, "demo")
     env = {**os.environ, "DEMO_PORT": str(port), "DEMO_RUN": run, "ENTRA_MODULE": module_so}
+    san = os.path.join(test_root, "demo-sanitizer")
+    if sanitize_enabled():
+        os.makedirs(san, exist_ok=True)
+        os.chmod(san, 0o777)
+        env["DEMO_APACHE_ENV"] = json.dumps(sanitizer_env(san))
     p = subprocess.run([sys.executable, os.path.join(HERE, "demo.py"), "start"], env=env,
                        capture_output=True, text=True, timeout=120, cwd=os.path.dirname(HERE))
     try:
@@ -42,6 +49,8 @@ def demo(test_root, module_so):
     finally:
         subprocess.run([sys.executable, os.path.join(HERE, "demo.py"), "stop"], env=env,
                        capture_output=True, text=True, timeout=60)
+        reports = os.listdir(san) if os.path.isdir(san) else []
+        assert not reports, f"sanitizer reports from the demo's apache2 in {san}: {reports}"
 
 
 def _get(url, **kw):
