@@ -69,9 +69,9 @@ enum {
     ENTRA_M_KEYS_OK,
     ENTRA_M_KEYS_ERROR,
     ENTRA_M_VERDICT_HIT,
-    ENTRA_M_VERDICT_MISS,
+    ENTRA_M_VERDICT_MISS,                        /* derived by entra_metrics_sum */
     ENTRA_M_DURATION_NS,                         /* sum of validation durations */
-    ENTRA_M_DURATION_COUNT,
+    ENTRA_M_DURATION_COUNT,                      /* derived: the sum of the buckets */
     ENTRA_M_HIST,                                /* + bucket, ENTRA_HIST_N + 1 of them */
     ENTRA_M_REASON = ENTRA_M_HIST + ENTRA_HIST_N + 1, /* + entra_reason */
     ENTRA_M_TOKEN = ENTRA_M_REASON + ENTRA_R_COUNT,   /* + 2 * identity + (ok ? 0 : 1) */
@@ -100,7 +100,8 @@ apr_status_t entra_metrics_init(void *mem, apr_size_t bytes, unsigned slots);
  * by entra_metrics_init; NULL stops counting. Call before the process's threads start. */
 void entra_metrics_use(void *mem, unsigned long key);
 
-/* Sums of every counter over every slot of `mem` into out[ENTRA_M_COUNT]. */
+/* Sums of every counter over every slot of `mem` into out[ENTRA_M_COUNT], with the
+ * derived ones (ENTRA_M_DURATION_COUNT, ENTRA_M_VERDICT_MISS) filled in. */
 void entra_metrics_sum(const void *mem, apr_uint64_t *out);
 
 /* The index of outbound identity `name` in `mem`, adding it when `add` is set and there is
@@ -114,8 +115,8 @@ const char *entra_metrics_identity_name(const void *mem, int i);
 apr_uint64_t entra_metrics_now(void);
 
 /* One authentication decision: its result, the reason of a rejection, the start of the
- * validation (0 when no token was validated) and whether the verdict came from a cache
- * (-1 when no token was validated). */
+ * validation (0 when no token was validated) and, for a validation, whether its verdict
+ * came from a cache (1) or not (0). */
 void entra_metrics_authn(entra_authn_result result, entra_reason reason, apr_uint64_t t0,
                          int cached);
 

@@ -64,7 +64,7 @@ static void *adder(void *arg)
     (void)arg;
     for (i = 0; i < ADDS; i++) {
         entra_metrics_add(ENTRA_M_AUTHZ_GRANTED, 1);
-        entra_metrics_authn(ENTRA_AUTHN_INVALID, ENTRA_R_EXPIRED, 0, i & 1);
+        entra_metrics_authn(ENTRA_AUTHN_INVALID, ENTRA_R_EXPIRED, entra_metrics_now() - 1000, i & 1);
     }
     return NULL;
 }
@@ -101,7 +101,7 @@ static void test_exact_when_sharing_slots(void)
     CHECK(sum[ENTRA_M_REASON + ENTRA_R_EXPIRED] == (apr_uint64_t)PROCS * THREADS * ADDS);
     CHECK(sum[ENTRA_M_VERDICT_HIT] == (apr_uint64_t)PROCS * THREADS * ADDS / 2);
     CHECK(sum[ENTRA_M_VERDICT_MISS] == (apr_uint64_t)PROCS * THREADS * ADDS / 2);
-    CHECK(sum[ENTRA_M_DURATION_COUNT] == 0);
+    CHECK(sum[ENTRA_M_DURATION_COUNT] == (apr_uint64_t)PROCS * THREADS * ADDS);
     munmap(mem, bytes);
 }
 
@@ -118,12 +118,14 @@ static void test_authn_and_histogram(void)
     now = entra_metrics_now();
     entra_metrics_authn(ENTRA_AUTHN_VALID, ENTRA_R_OTHER, now - 3000000, 1);
     entra_metrics_authn(ENTRA_AUTHN_MISSING, ENTRA_R_MISSING_TOKEN, 0, -1);
+    entra_metrics_authn(ENTRA_AUTHN_INVALID, ENTRA_R_MULTIPLE_TOKENS, 0, 1); /* no validation */
     /* A start far in the past lands in +Inf. */
     entra_metrics_authn(ENTRA_AUTHN_ERROR, ENTRA_R_NO_KEYS, entra_metrics_now() - 5000000000ull, 0);
     entra_metrics_sum(mem, sum);
     CHECK(sum[ENTRA_M_AUTHN + ENTRA_AUTHN_VALID] == 1);
     CHECK(sum[ENTRA_M_AUTHN + ENTRA_AUTHN_MISSING] == 1);
     CHECK(sum[ENTRA_M_AUTHN + ENTRA_AUTHN_ERROR] == 1);
+    CHECK(sum[ENTRA_M_AUTHN + ENTRA_AUTHN_INVALID] == 1);
     CHECK(sum[ENTRA_M_REASON + ENTRA_R_OTHER] == 0); /* valid is no rejection */
     CHECK(sum[ENTRA_M_REASON + ENTRA_R_MISSING_TOKEN] == 1);
     CHECK(sum[ENTRA_M_REASON + ENTRA_R_NO_KEYS] == 1);
