@@ -68,6 +68,10 @@ def st(make_stack, oenv):  # noqa: F811
     s = make_stack("status", server_conf=_server_conf(fake, dead),
                    locations=_locations(oenv.backend, dead), files=["/a", "/role", "/nokeys"])
     s.identity = fake
+    # Counters start at zero when httpd starts.
+    j = status_json(s)
+    assert not any(j["authn"].values()) and not any(j["authz"].values()), j
+    assert not any(j["rejections"].values()) and j["verdict_cache"]["hits"] == 0
     yield s
     finish_stack(s)
 
@@ -152,6 +156,8 @@ def _batch(stack, test_id):
     expect_invalid_request(_conn_get(stack, "/a/ok.txt", raw_auth=f"Bearer {good}, Bearer {other}",
                                      test_id=test_id))
     expect_invalid_token(_conn_get(stack, "/a/ok.txt", "not-a-jwt", test_id=test_id))
+    expect_invalid_request(_conn_get(stack, "/a/ok.txt", raw_auth="Bearer abc def", test_id=test_id))
+    expect_invalid_token(_conn_get(stack, "/a/ok.txt", stack.token(oid=et.DROP), test_id=test_id))
     for _ in range(2):
         expect_insufficient_scope(_conn_get(stack, "/role/ok.txt", no_role, test_id=test_id))
     expect_ok(_conn_get(stack, "/role/ok.txt", good, test_id=test_id))
@@ -160,14 +166,15 @@ def _batch(stack, test_id):
 
 
 MIX = {
-    ("authn", "valid"): 6, ("authn", "invalid"): 5, ("authn", "missing"): 1, ("authn", "error"): 1,
+    ("authn", "valid"): 6, ("authn", "invalid"): 7, ("authn", "missing"): 1, ("authn", "error"): 1,
     ("authz", "granted"): 4, ("authz", "denied"): 2,
     ("rejections", "missing_token"): 1, ("rejections", "expired"): 1,
     ("rejections", "bad_audience"): 1, ("rejections", "bad_signature"): 1,
     ("rejections", "multiple_tokens"): 1, ("rejections", "malformed"): 1,
-    ("rejections", "no_keys"): 1,
+    ("rejections", "no_keys"): 1, ("rejections", "malformed_header"): 1,
+    ("rejections", "missing_user_claim"): 1,
 }
-VALIDATIONS = 11  # tokens that reached the verifier: 6 valid, 4 invalid, 1 without keys
+VALIDATIONS = 12  # tokens that reached the verifier: 6 valid, 5 invalid, 1 without keys
 
 
 def _flat(j):
@@ -230,6 +237,7 @@ def test_prometheus_matches_json_and_the_mix(st):
     for res in ("valid", "invalid", "missing", "error"):
         assert pv(s1, "entra_authn_total", result=res) == j["authn"][res]
     assert pv(s1, "entra_verdict_cache_total", result="hit") == j["verdict_cache"]["hits"]
+    assert pv(s1, "entra_verdict_cache_entries") == j["verdict_cache"]["entries"] == 8192
     assert pv(s1, "entra_key_fetches_total", outcome="ok") == j["key_fetches"]["ok"] >= 1
     assert pv(s1, "entra_key_fetches_total", outcome="error") == j["key_fetches"]["error"] >= 1
     # The histogram is cumulative and ends in +Inf == count.
@@ -284,7 +292,10 @@ def test_key_sources_and_outbound_tokens(st):
 def test_html_escapes_and_refuses_other_formats(st):
     r = _conn_get(st, "/entra-status")
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
-    assert "<script" not in r.text and "http://" not in r.text.split("</style>")[0]
+    # Self-contained: no scripts, nothing loaded from elsewhere.
+    low = r.text.lower()
+    assert "<script" not in low and "<link" not in low and "src=" not in low and "@import" not in low
+    assert "url(" not in low
     assert _conn_get(st, "/entra-status?format=xml").status_code == 400
     with requests.Session() as sess:
         sess.trust_env = False
