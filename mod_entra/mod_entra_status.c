@@ -520,7 +520,12 @@ static int send_html(request_rec *r, const view_t *v)
         ap_rprintf(r, "</td><td>%s</td><td>%s</td><td>%s</td><td class=\"%s\">%s%s%s</td></tr>\n",
                    when(r->pool, k->fetched),
                    k->fetched ? span(r->pool, v->now - k->fetched) : "-",
-                   rel(r->pool, k->next_refresh, v->now), k->last_error ? "bad" : "muted",
+                   rel(r->pool, k->next_refresh, v->now),
+                   /* red while it matters: the machine's current failure, or newer than
+                    * the keys in use */
+                   k->last_error && (!k->last_error_at || k->last_error_at >= k->fetched)
+                       ? "bad"
+                       : "muted",
                    k->last_error ? E(k->last_error) : "none",
                    k->last_error_at ? " &middot; " : "",
                    k->last_error_at ? rel(r->pool, k->last_error_at, v->now) : "");
