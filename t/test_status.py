@@ -352,7 +352,7 @@ def _chromium():
     return None
 
 
-def _browser(args, url, timeout=60):
+def _browser(args, url, timeout=120):
     exe = _chromium()
     with tempfile.TemporaryDirectory() as prof:
         cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
