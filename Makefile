@@ -121,6 +121,8 @@ test-mpm: module $(if $(LUAMOD_SRC),luamod)
 
 # `make test` and `make demo` first install missing Debian packages (as root) or name them.
 # The MPM runs are part of the plain run (the sanitizer run keeps to event, for CI's time).
+# The status page test loads the page in a real browser (headless Chromium).
+test: export EXTRA_PKGS = chromium
 test: deps
 	@$(MAKE) --no-print-directory test-unit $(if $(filter 1,$(SANITIZE)),,test-mpm) test-e2e
 

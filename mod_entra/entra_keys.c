@@ -8,6 +8,7 @@
 #include "entra_keys.h"
 #include "entra_vtab.h"
 #include "entra_log.h"
+#include "entra_metrics.h"
 
 #define RECORD_MAX (64 * 1024)    /* compact key record in the store */
 #define DOC_MAX (256 * 1024)      /* discovery or JWKS response */
@@ -316,6 +317,18 @@ static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, int with_v1, apr
     return APR_SUCCESS;
 }
 
+/* Counts a fetch of this process and remembers its failure for the status page. */
+static void note_fetch(entra_source *src, apr_status_t rv, const char *why)
+{
+    entra_metrics_add(rv == APR_SUCCESS ? ENTRA_M_KEYS_OK : ENTRA_M_KEYS_ERROR, 1);
+    if (rv == APR_SUCCESS)
+        return;
+    apr_thread_mutex_lock(src->mu);
+    apr_cpystrn(src->last_error, why ? why : "fetch failed", sizeof(src->last_error));
+    src->last_error_at = now_sec();
+    apr_thread_mutex_unlock(src->mu);
+}
+
 /* The flight of one key fetch (see entra_flight.h). */
 typedef struct {
     entra_source *src;
@@ -344,11 +357,13 @@ static apr_status_t kf_fetch(void *baton, apr_pool_t *p, apr_time_t deadline, co
     entra_backoff b;
 
     if (rv == APR_SUCCESS) {
+        note_fetch(src, rv, NULL);
         entra_backoff_clear(src->store, fail);
         return rv;
     }
     if (entra_cancelled(src->http.cancel))
         return rv; /* the process is exiting: not the authority's fault */
+    note_fetch(src, rv, *why);
     /* Back off: 5 s doubling to 60 s while failures continue. */
     entra_backoff_get(src->store, p, fail, &b);
     b.n = entra_backoff_fail(src->store, p, fail,
@@ -487,4 +502,35 @@ void entra_source_maintain(entra_source *src, apr_pool_t *p)
                       src->meta_v2, (long)(now - snap->fetched), why);
     }
     entra_snapshot_release(snap);
+}
+
+void entra_source_status_get(entra_source *src, apr_pool_t *p, entra_source_status *st)
+{
+    const char *why;
+    int i;
+
+    memset(st, 0, sizeof(*st));
+    st->meta = src->meta_v2;
+    st->kids = apr_array_make(p, 4, sizeof(const char *));
+    sync_from_store(src, p);
+    apr_thread_mutex_lock(src->mu);
+    if (src->cur) {
+        st->issuer = apr_pstrdup(p, src->cur->iss.v2);
+        st->issuer_v1 = src->cur->iss.v1 ? apr_pstrdup(p, src->cur->iss.v1) : NULL;
+        st->fetched = src->cur->fetched;
+        st->next_refresh = src->cur->fetched + src->refresh_interval;
+        for (i = 0; i < src->cur->ks->keys->nelts; i++)
+            APR_ARRAY_PUSH(st->kids, const char *) =
+                apr_pstrdup(p, APR_ARRAY_IDX(src->cur->ks->keys, i, entra_key).kid);
+    }
+    if (src->last_error_at) {
+        st->last_error = apr_pstrdup(p, src->last_error);
+        st->last_error_at = src->last_error_at;
+    }
+    apr_thread_mutex_unlock(src->mu);
+    /* The machine's current failure, while its backoff lasts. */
+    if (entra_backoff_active(src->store, p, skey(p, src, "fail"), &why, NULL)) {
+        st->last_error = why;
+        st->last_error_at = 0;
+    }
 }

@@ -39,6 +39,8 @@ typedef struct entra_source {
     apr_thread_mutex_t *mu;
     entra_keys_snapshot *cur;
     apr_int64_t checked_at;
+    char last_error[256];    /* the last failed fetch of this process, for the status page */
+    apr_int64_t last_error_at;
 } entra_source;
 
 /* Creates a source (mutex included) in `p`. */
@@ -60,5 +62,20 @@ void entra_snapshot_release(entra_keys_snapshot *snap);
 
 /* Background upkeep: fetches when nothing is cached or a refresh is due. */
 void entra_source_maintain(entra_source *src, apr_pool_t *p);
+
+/* What the status page shows of a source: never key material, only ids and times. */
+typedef struct entra_source_status {
+    const char *meta;          /* discovery document */
+    const char *issuer;        /* from the keys in use, NULL without keys */
+    const char *issuer_v1;
+    apr_array_header_t *kids;  /* const char *, of the keys in use */
+    apr_int64_t fetched;       /* 0 without keys */
+    apr_int64_t next_refresh;  /* when the background refresh is due */
+    const char *last_error;    /* the machine's current fetch failure, else this process's last */
+    apr_int64_t last_error_at; /* 0 when the failure is the machine's current one */
+} entra_source_status;
+
+/* Fills *st from the shared store's current record (never fetching). */
+void entra_source_status_get(entra_source *src, apr_pool_t *p, entra_source_status *st);
 
 #endif

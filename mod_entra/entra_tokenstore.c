@@ -7,6 +7,7 @@
 #include "entra_flight.h"
 #include "entra_json.h"
 #include "entra_log.h"
+#include "entra_metrics.h"
 #include "entra_tokenstore.h"
 
 #define RECORD_MAX (32 * 1024)
@@ -273,6 +274,8 @@ static apr_status_t tf_fetch(void *baton, apr_pool_t *p, apr_time_t deadline, co
     long backoff;
 
     rv = fetch_with_retries(ts, p, deadline, &tok, &fr, &retries);
+    if (rv == APR_SUCCESS || !entra_cancelled(ts->cred->http.cancel))
+        entra_metrics_token_fetch(ts->cred->name, rv == APR_SUCCESS);
     now = now_sec();
     if (rv == APR_SUCCESS) {
         json_t *rec = json_pack("{s:s, s:I, s:I, s:I, s:I}", "t", tok.access_token, "exp",
@@ -393,4 +396,27 @@ apr_int64_t entra_tokensrc_expiry(entra_tokensrc *ts)
     e = ts->tok ? ts->exp : 0;
     apr_thread_mutex_unlock(ts->mu);
     return e;
+}
+
+void entra_tokensrc_status_get(entra_tokensrc *ts, apr_pool_t *p, entra_tokensrc_status *st)
+{
+    entra_backoff fi;
+
+    memset(st, 0, sizeof(*st));
+    st->identity = ts->cred->name;
+    st->resource = ts->resource;
+    st->source = entra_cred_kind_name(ts->cred->kind);
+    sync_from_store(ts, p);
+    apr_thread_mutex_lock(ts->mu);
+    if (ts->tok) {
+        st->expires = ts->exp;
+        st->obtained = ts->obtained;
+        st->refresh_at = ts->refresh_at;
+    }
+    apr_thread_mutex_unlock(ts->mu);
+    if (entra_backoff_get(ts->store, p, skey(p, ts, "fail"), &fi)) {
+        st->failures = fi.n;
+        st->last_error = fi.err;
+        st->next_attempt = fi.next;
+    }
 }

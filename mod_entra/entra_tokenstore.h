@@ -38,4 +38,18 @@ void entra_tokensrc_maintain(entra_tokensrc *ts, apr_pool_t *p);
 /* Expiry of the token this process holds (0 if none): for tests and status. */
 apr_int64_t entra_tokensrc_expiry(entra_tokensrc *ts);
 
+/* What the status page shows of a token source: never the token. */
+typedef struct entra_tokensrc_status {
+    const char *identity, *resource, *source;
+    apr_int64_t expires;    /* 0 without a token */
+    apr_int64_t obtained;   /* when the token in use was fetched */
+    apr_int64_t refresh_at;
+    int failures;           /* consecutive failed fetches, machine-wide */
+    const char *last_error; /* of the last failed fetch while failures continue */
+    apr_int64_t next_attempt;
+} entra_tokensrc_status;
+
+/* Fills *st from the shared store's current record (never fetching). */
+void entra_tokensrc_status_get(entra_tokensrc *ts, apr_pool_t *p, entra_tokensrc_status *st);
+
 #endif

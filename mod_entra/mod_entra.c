@@ -133,6 +133,22 @@ entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d)
     return src;
 }
 
+apr_array_header_t *entra_sources_list(apr_pool_t *p)
+{
+    apr_array_header_t *list = apr_array_make(p, 4, sizeof(entra_source *));
+    apr_hash_index_t *hi;
+    if (!sources_mu)
+        return list;
+    apr_thread_mutex_lock(sources_mu);
+    for (hi = apr_hash_first(p, sources); hi; hi = apr_hash_next(hi)) {
+        void *v;
+        apr_hash_this(hi, NULL, NULL, &v);
+        APR_ARRAY_PUSH(list, entra_source *) = v;
+    }
+    apr_thread_mutex_unlock(sources_mu);
+    return list;
+}
+
 /* Registers the source of every AuthType Entra section, of whatever kind, so upkeep can
  * warm it up before the first request. */
 static int register_source(server_rec *s, const char *where, const entra_dir_conf *d,
@@ -275,6 +291,7 @@ static void register_hooks(apr_pool_t *p)
     entra_proxy_register_hooks(p);
     entra_authz_register_providers(p);
     entra_lua_register_providers(p);
+    entra_status_register_hooks(p);
 }
 
 AP_DECLARE_MODULE(entra) = {

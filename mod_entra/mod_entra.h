@@ -86,6 +86,7 @@ typedef struct entra_req_state {
     const char *denied;  /* short reason of the first Require that denied, for ENTRA_ERROR */
     const char *claims_challenge; /* an entra-acrs rule denied a cp1 client: the base64
                                      claims request of a 401 insufficient_claims */
+    int authz_counted;   /* the status counters have its authorization outcome */
 } entra_req_state;
 
 extern const command_rec entra_cmds[];
@@ -124,6 +125,9 @@ entra_vtab *entra_cache_vtab(void);
 
 /* Key sources by configuration, one per process: mod_entra.c. */
 entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d);
+
+/* Every key source of this process (entra_source *), in no order. */
+apr_array_header_t *entra_sources_list(apr_pool_t *p);
 
 /* This process's small cache of verified claims (NULL before child init). */
 entra_l1 *entra_process_l1(void);
@@ -178,6 +182,11 @@ int entra_proxy_post_config(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s)
 void entra_proxy_child_init(apr_pool_t *p, server_rec *s, const volatile int *cancel);
 void entra_proxy_maintain(apr_pool_t *p);
 void entra_proxy_register_hooks(apr_pool_t *p);
+/* Every outbound token source of this process (entra_tokensrc *), in no order. */
+apr_array_header_t *entra_proxy_token_sources(apr_pool_t *p);
+
+/* Counters, the entra-status handler and mod_status's section (mod_entra_status.c). */
+void entra_status_register_hooks(apr_pool_t *p);
 
 /* Lua rules (mod_entra_lua.c). */
 const char *entra_cmd_lua_rules(cmd_parms *cmd, void *dv, const char *arg);

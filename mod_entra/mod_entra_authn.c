@@ -15,6 +15,7 @@
 
 #include "entra_json.h"
 #include "entra_policy.h"
+#include "entra_metrics.h"
 #include "mod_entra.h"
 
 APLOG_USE_MODULE(entra);
@@ -319,12 +320,14 @@ static int authenticate(request_rec *r, entra_dir_conf *d, int anonymous_ok)
     const char *tok = NULL, *user_claim;
     apr_size_t len = 0;
     json_t *user;
+    apr_uint64_t t0;
 
     /* Per-directory: the section's EntraLuaHeaders too, before any rule can run. */
     strip_owned_headers(r->headers_in, d);
     if ((!d->tenant && !d->metadata_url) || !d->audiences) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                       "ENTRA0201: AuthType Entra without EntraTenant/EntraAudience here");
+        entra_metrics_authn(ENTRA_AUTHN_ERROR, ENTRA_R_INTERNAL, 0, -1);
         return HTTP_INTERNAL_SERVER_ERROR;
     }
     switch (find_token(r, d, &tok, &len)) {
@@ -332,18 +335,21 @@ static int authenticate(request_rec *r, entra_dir_conf *d, int anonymous_ok)
         if (anonymous_ok)
             return DECLINED;
         entra_note_error(r, "no access token");
+        entra_metrics_authn(ENTRA_AUTHN_MISSING, ENTRA_R_MISSING_TOKEN, 0, -1);
         entra_challenge(r, NULL, NULL);
         return HTTP_UNAUTHORIZED;
     case TOK_MANY:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       "ENTRA0202: request rejected: more than one access token");
         entra_note_error(r, "more than one access token");
+        entra_metrics_authn(ENTRA_AUTHN_INVALID, ENTRA_R_MULTIPLE_TOKENS, 0, -1);
         entra_challenge(r, "invalid_request", "more than one access token in the request");
         return HTTP_BAD_REQUEST;
     case TOK_MALFORMED:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       "ENTRA0203: request rejected: malformed Authorization header");
         entra_note_error(r, "malformed Authorization header");
+        entra_metrics_authn(ENTRA_AUTHN_INVALID, ENTRA_R_MALFORMED_HEADER, 0, -1);
         entra_challenge(r, "invalid_request", "malformed Authorization header");
         return HTTP_BAD_REQUEST;
     case TOK_ONE:
@@ -365,14 +371,17 @@ static int authenticate(request_rec *r, entra_dir_conf *d, int anonymous_ok)
     v.l1 = entra_process_l1();
     if (!v.source) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "ENTRA0204: no key source available");
+        entra_metrics_authn(ENTRA_AUTHN_ERROR, ENTRA_R_INTERNAL, 0, -1);
         return HTTP_INTERNAL_SERVER_ERROR;
     }
+    t0 = entra_metrics_now();
     entra_verify_token(r->pool, &v, tok, len, (apr_int64_t)apr_time_sec(r->request_time), &res);
 
     if (res.outcome == ENTRA_VERIFY_UNAVAILABLE) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                       "ENTRA0205: signing keys unavailable, answering 503 (token id %s): %s",
                       res.token_id, res.why);
+        entra_metrics_authn(ENTRA_AUTHN_ERROR, ENTRA_R_NO_KEYS, t0, res.cached);
         apr_table_setn(r->err_headers_out, "Retry-After", "10");
         entra_note_error(r, "signing keys unavailable");
         return HTTP_SERVICE_UNAVAILABLE;
@@ -400,10 +409,12 @@ static int authenticate(request_rec *r, entra_dir_conf *d, int anonymous_ok)
                       res.why, res.token_id, said, app, said, claim_or_dash(res.claims, "oid"),
                       res.cached ? ", cached" : "");
         entra_note_error(r, res.why);
+        entra_metrics_authn(ENTRA_AUTHN_INVALID, entra_metrics_reason(res.why), t0, res.cached);
         entra_challenge(r, "invalid_token", res.why);
         return HTTP_UNAUTHORIZED;
     }
 
+    entra_metrics_authn(ENTRA_AUTHN_VALID, ENTRA_R_OTHER, t0, res.cached);
     st = entra_req_state_ensure(r);
     st->claims = res.claims;
     st->token_id = res.token_id;

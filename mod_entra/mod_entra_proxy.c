@@ -397,6 +397,22 @@ void entra_proxy_maintain(apr_pool_t *p)
         entra_tokensrc_maintain(APR_ARRAY_IDX(list, i, entra_tokensrc *), p);
 }
 
+apr_array_header_t *entra_proxy_token_sources(apr_pool_t *p)
+{
+    apr_array_header_t *list = apr_array_make(p, 4, sizeof(entra_tokensrc *));
+    apr_hash_index_t *hi;
+    if (!token_sources_mu)
+        return list;
+    apr_thread_mutex_lock(token_sources_mu);
+    for (hi = apr_hash_first(p, token_sources); hi; hi = apr_hash_next(hi)) {
+        void *v;
+        apr_hash_this(hi, NULL, NULL, &v);
+        APR_ARRAY_PUSH(list, entra_tokensrc *) = v;
+    }
+    apr_thread_mutex_unlock(token_sources_mu);
+    return list;
+}
+
 static int is_proxied(request_rec *r)
 {
     return r->proxyreq != PROXYREQ_NONE || (r->handler && !strcmp(r->handler, "proxy-server"));

@@ -1,6 +1,8 @@
 #!/usr/bin/python3
 """`make demo`: httpd with mod_entra in front of a small echo backend, keys from a local
-fake Entra ID, and tokens minted by that issuer. Everything listens on 127.0.0.1 only.
+fake Entra ID, and tokens minted by that issuer; a proxied route to which mod_entra attaches
+a token from a local managed-identity fake, a route guarded by a Lua rule, and the status
+page. Everything listens on 127.0.0.1 only.
 
   demo.py start      start (or restart) the demo and show 200 / 401 / 403 with curl
   demo.py token ...  mint another token (--role NAME, --aud AUD, --expired)
@@ -20,7 +22,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(HERE, "lib"))
 import entra_tokens as et  # noqa: E402
 
-RUN = os.path.join(ROOT, "t", "run", "demo")
+RUN = os.environ.get("DEMO_RUN", os.path.join(ROOT, "t", "run", "demo"))
 PORT = int(os.environ.get("DEMO_PORT", "8080"))
 BACKEND_PORT = PORT + 1
 TENANT = et.TENANT
@@ -30,13 +32,25 @@ MODULE = os.environ.get("ENTRA_MODULE", os.path.join(ROOT, "mod_entra", ".libs",
 MODS = "/usr/lib/apache2/modules"
 
 BACKEND = r'''
-import json, sys
+import base64, json, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+def claims_of(auth):
+    # The claims of the token mod_entra attached (decoded, not verified: this is a demo).
+    try:
+        part = auth.split(" ", 1)[1].split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (IndexError, ValueError):
+        return None
 class H(BaseHTTPRequestHandler):
     def log_message(self, *a): pass
+    def do_POST(self):
+        self.do_GET()
     def do_GET(self):
         seen = {k: v for k, v in self.headers.items() if k.lower().startswith("x-entra-")}
-        body = json.dumps({"backend": "orders", "path": self.path, "caller": seen}, indent=1).encode() + b"\n"
+        out = {"backend": self.path.split("/")[1], "method": self.command, "path": self.path, "caller": seen}
+        if self.headers.get("Authorization"):
+            out["attached_token_claims"] = claims_of(self.headers["Authorization"])
+        body = json.dumps(out, indent=1).encode() + b"\n"
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -59,6 +73,7 @@ LoadModule authn_core_module {mods}/mod_authn_core.so
 LoadModule authz_core_module {mods}/mod_authz_core.so
 LoadModule authz_user_module {mods}/mod_authz_user.so
 LoadModule headers_module {mods}/mod_headers.so
+LoadModule authz_host_module {mods}/mod_authz_host.so
 LoadModule socache_shmcb_module {mods}/mod_socache_shmcb.so
 LoadModule proxy_module {mods}/mod_proxy.so
 LoadModule proxy_http_module {mods}/mod_proxy_http.so
@@ -79,6 +94,28 @@ ProxyPass /orders/ http://127.0.0.1:{backend}/orders/
     EntraPassClaims oid azp roles
     Require entra-role Orders.Read
 </Location>
+
+# Outbound: every request forwarded to /inventory/ carries a token of the managed identity
+# "demo" (here from the local managed-identity fake); whatever the client sent is dropped.
+EntraIdentity demo managed source=imds endpoint={imds}
+ProxyPass /inventory/ http://127.0.0.1:{backend}/inventory/
+<Location /inventory/>
+    EntraProxyToken api://inventory-api identity=demo
+</Location>
+
+# A Lua rule: GET needs Orders.Read, anything else Orders.Write (conf/rules.lua).
+ProxyPass /lua-orders/ http://127.0.0.1:{backend}/lua-orders/
+<Location /lua-orders/>
+    AuthType Entra
+    AuthName "orders"
+    EntraLuaRules {rules}
+    Require entra-lua orders
+</Location>
+
+<Location /entra-status>
+    SetHandler entra-status
+    Require local
+</Location>
 """
 
 
@@ -94,7 +131,7 @@ def stop():
     conf = os.path.join(RUN, "httpd.conf")
     if os.path.exists(os.path.join(RUN, "httpd.pid")):
         subprocess.run(["/usr/sbin/apache2", "-f", conf, "-k", "stop"], capture_output=True)
-    for name in ("fake.pid", "backend.pid"):
+    for name in ("fake.pid", "backend.pid", "identity.pid"):
         path = os.path.join(RUN, name)
         if os.path.exists(path):
             pid = int(open(path).read().strip() or 0)
@@ -144,17 +181,31 @@ def start():
     backend = subprocess.Popen([sys.executable, "-c", BACKEND, str(BACKEND_PORT)], stdout=log, stderr=log,
                                start_new_session=True)
     open(os.path.join(RUN, "backend.pid"), "w").write(str(backend.pid))
+    id_ready = os.path.join(RUN, "identity.ready")
+    if os.path.exists(id_ready):
+        os.unlink(id_ready)
+    ident = subprocess.Popen([sys.executable, os.path.join(HERE, "fakes", "fake_identity.py"), "--port", "0",
+                              "--ready-file", id_ready, "--state-dir", os.path.join(RUN, "identity")],
+                             stdout=log, stderr=log, start_new_session=True)
+    open(os.path.join(RUN, "identity.pid"), "w").write(str(ident.pid))
     deadline = time.time() + 30
-    while not os.path.exists(ready) and time.time() < deadline:
+    while not (os.path.exists(ready) and os.path.exists(id_ready)) and time.time() < deadline:
         time.sleep(0.1)
     if not os.path.exists(ready):
         sys.exit("demo: the local token issuer did not start; see t/run/demo/fake.log")
+    if not os.path.exists(id_ready):
+        sys.exit("demo: the local managed-identity fake did not start; see t/run/demo/fake.log")
     fake_port = json.load(open(ready))["port"]
+    imds = json.load(open(id_ready))["endpoints"]["imds"]
     conf = os.path.join(RUN, "httpd.conf")
     with open(conf, "w") as f:
         f.write(CONF.format(run=RUN, port=PORT, mods=MODS, module=MODULE, fake=fake_port, tenant=TENANT,
-                            aud_uri=AUD_URI, aud_guid=AUD_GUID, backend=BACKEND_PORT))
-    r = subprocess.run(["/usr/sbin/apache2", "-f", conf, "-k", "start"], capture_output=True, text=True)
+                            aud_uri=AUD_URI, aud_guid=AUD_GUID, backend=BACKEND_PORT, imds=imds,
+                            rules=os.path.join(ROOT, "conf", "rules.lua")))
+    # Tests of a sanitizer build pass the runtime's preload settings for apache2 alone.
+    env = {**os.environ, **json.loads(os.environ.get("DEMO_APACHE_ENV", "{}"))}
+    r = subprocess.run(["/usr/sbin/apache2", "-f", conf, "-k", "start"], capture_output=True, text=True,
+                       env=env)
     if r.returncode != 0:
         sys.exit("demo: apache2 failed to start:\n" + r.stdout + r.stderr)
     wait_for(f"http://127.0.0.1:{PORT}/orders/")
@@ -169,6 +220,12 @@ def start():
         ("401, no token", f"curl -i {url}"),
         ("401 invalid_token, expired", f'curl -i -H "Authorization: Bearer $(cat {rel}/expired.jwt)" {url}'),
         ("403 insufficient_scope, no Orders.Read role", f'curl -i -H "Authorization: Bearer $(cat {rel}/norole.jwt)" {url}'),
+        ("200, the backend shows the claims of the token mod_entra attached (identity demo)",
+         f"curl -i http://127.0.0.1:{PORT}/inventory/items"),
+        ("200, the Lua rule `orders` lets a GET with Orders.Read through",
+         f'curl -i -H "Authorization: Bearer $(cat {rel}/reader.jwt)" http://127.0.0.1:{PORT}/lua-orders/7'),
+        ("403, the Lua rule `orders` wants Orders.Write for a POST",
+         f'curl -i -X POST -H "Authorization: Bearer $(cat {rel}/reader.jwt)" http://127.0.0.1:{PORT}/lua-orders/7'),
     ]
     print(f"mod_entra demo: httpd on http://127.0.0.1:{PORT}/orders/ (tenant {TENANT}, audience {AUD_URI})")
     print(f"local Entra ID fake on http://127.0.0.1:{fake_port}/, backend on 127.0.0.1:{BACKEND_PORT}\n")
@@ -176,6 +233,8 @@ def start():
         status = subprocess.run(cmd.replace("curl -i", "curl -s -o /dev/null -w %{http_code}"), shell=True,
                                 capture_output=True, text=True).stdout
         print(f"# {what} (now: {status})\n{cmd}\n")
+    print(f"Status page: http://127.0.0.1:{PORT}/entra-status  (also ?format=json and ?format=prometheus;"
+          " from this machine only)\n")
     print(f"More tokens: {sys.executable} t/demo.py token --role Orders.Read")
     print(f"Logs: {rel}/error.log and {rel}/access.log.  Stop: make demo-stop")
 
