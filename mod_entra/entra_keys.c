@@ -91,6 +91,14 @@ static entra_keys_snapshot *snapshot_from_record(const entra_source *src, const 
     return snap;
 }
 
+/* A key set was stored (rv APR_SUCCESS): every process of the machine rereads it. */
+static apr_status_t published(entra_source *src, apr_status_t rv)
+{
+    if (rv == APR_SUCCESS && src->epoch)
+        __atomic_add_fetch(src->epoch, 1, __ATOMIC_RELEASE);
+    return rv;
+}
+
 /* Brings this process's view up to date with the store; returns the current version. */
 static apr_int64_t sync_from_store(entra_source *src, apr_pool_t *p)
 {
@@ -98,6 +106,7 @@ static apr_int64_t sync_from_store(entra_source *src, apr_pool_t *p)
     apr_size_t len;
     apr_int64_t have;
     entra_keys_snapshot *snap = NULL, *old = NULL;
+    apr_uint64_t epoch = src->epoch ? __atomic_load_n(src->epoch, __ATOMIC_ACQUIRE) : 0;
 
     apr_thread_mutex_lock(src->mu);
     have = src->cur ? src->cur->version : 0;
@@ -118,6 +127,7 @@ static apr_int64_t sync_from_store(entra_source *src, apr_pool_t *p)
         snap = NULL;
     }
     src->checked_at = now_sec();
+    src->seen_epoch = epoch;
     have = src->cur ? src->cur->version : 0;
     apr_thread_mutex_unlock(src->mu);
     entra_snapshot_release(old);
@@ -237,8 +247,8 @@ static apr_status_t fetch_v1_part(entra_source *src, apr_pool_t *p, apr_time_t d
         *why = "key record too large for the cache";
         return APR_EGENERAL;
     }
-    return src->store->put(src->store, skey(p, src, "rec"), text, strlen(text),
-                           apr_time_from_sec(fetched + src->max_stale));
+    return published(src, src->store->put(src->store, skey(p, src, "rec"), text, strlen(text),
+                                          apr_time_from_sec(fetched + src->max_stale)));
 }
 
 /* One fetch; on success the new record is in the store. Requests only wait for the v2
@@ -306,8 +316,8 @@ static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, int with_v1, apr
         *why = "key record too large for the cache";
         return APR_EGENERAL;
     }
-    rv = src->store->put(src->store, skey(p, src, "rec"), text, strlen(text),
-                         t0 + apr_time_from_sec(src->max_stale));
+    rv = published(src, src->store->put(src->store, skey(p, src, "rec"), text, strlen(text),
+                                        t0 + apr_time_from_sec(src->max_stale)));
     if (rv != APR_SUCCESS) {
         *why = "could not store keys in the cache";
         return rv;
@@ -414,7 +424,8 @@ static entra_keys_snapshot *usable(entra_source *src, apr_int64_t now, int *rece
     apr_thread_mutex_lock(src->mu);
     if (src->cur && now - src->cur->fetched <= src->max_stale)
         snap = ref(src->cur);
-    *recent = now - src->checked_at < STORE_CHECK_SECONDS;
+    *recent = now - src->checked_at < STORE_CHECK_SECONDS &&
+              (!src->epoch || __atomic_load_n(src->epoch, __ATOMIC_ACQUIRE) == src->seen_epoch);
     apr_thread_mutex_unlock(src->mu);
     return snap;
 }

@@ -34,11 +34,16 @@ typedef struct entra_source {
     long refetch_interval; /* minimum seconds between unknown-kid refetches */
     long max_stale;        /* seconds keys stay usable after their last successful fetch */
     entra_store *store;    /* set before first use */
+    /* A counter in memory shared by the machine's processes, raised by every stored key set:
+     * a process that sees it move reads the store at once instead of up to
+     * STORE_CHECK_SECONDS later, so a withdrawn key stops everywhere together. NULL: none. */
+    apr_uint64_t *epoch;
 
     /* per process */
     apr_thread_mutex_t *mu;
     entra_keys_snapshot *cur;
     apr_int64_t checked_at;
+    apr_uint64_t seen_epoch; /* *epoch when this process last read the store */
     char last_error[256];    /* the last failed fetch of this process, for the status page */
     apr_int64_t last_error_at;
 } entra_source;

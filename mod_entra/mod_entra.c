@@ -11,6 +11,7 @@
 #include <mod_auth.h>
 #include <ap_provider.h>
 #include <apr_hash.h>
+#include <apr_shm.h>
 #include <apr_strings.h>
 #include <apr_thread_proc.h>
 #include <openssl/sha.h>
@@ -29,6 +30,7 @@ static apr_thread_mutex_t *sources_mu;
 static apr_hash_t *sources;
 static volatile int upkeep_stop;
 static entra_l1 *process_l1;
+static apr_uint64_t *keys_epoch; /* see entra_source.epoch; one per generation */
 
 /* Recently used configurations by identity of their (merged, never copied) strings, so
  * the common request finds its source without building strings. */
@@ -111,6 +113,7 @@ entra_source *entra_source_for(apr_pool_t *tmp, const entra_dir_conf *d)
             if (refresh != ENTRA_UNSET)
                 src->refresh_interval = refresh;
             src->store = entra_cache_store();
+            src->epoch = keys_epoch;
             apr_hash_set(sources, key, APR_HASH_KEY_STRING, src);
         }
         else
@@ -253,6 +256,19 @@ static int post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, s
     }
     if (entra_cache_post_config(pconf, ptemp, s) != APR_SUCCESS)
         return HTTP_INTERNAL_SERVER_ERROR;
+    {
+        /* Anonymous shared memory made before the fork: this generation's children share it. */
+        apr_shm_t *shm;
+        keys_epoch = NULL;
+        if (apr_shm_create(&shm, 64, NULL, pconf) == APR_SUCCESS) {
+            keys_epoch = apr_shm_baseaddr_get(shm);
+            *keys_epoch = 0;
+        }
+        else
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
+                         "ENTRA0015: no shared memory for the key-set counter: processes "
+                         "notice new key sets within 2 s instead of at once");
+    }
     sources_pool = pconf;
     sources = apr_hash_make(pconf);
     if (apr_thread_mutex_create(&sources_mu, APR_THREAD_MUTEX_DEFAULT, pconf) != APR_SUCCESS)

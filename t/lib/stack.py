@@ -61,6 +61,7 @@ class Stack:
     def close(self, check: bool = True) -> list[str]:
         """Stop everything; return problems (sanitizer reports, tokens in the error log)."""
         problems = []
+        self.session.close()  # no idle keep-alive connection holds the graceful stop
         if self.httpd is not None:
             problems += self.httpd.stop()
             if check:
