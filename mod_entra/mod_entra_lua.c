@@ -77,6 +77,7 @@ typedef struct {
 } lua_require;
 
 static apr_thread_mutex_t *rules_init_mu;
+static apr_pool_t *child_pool; /* this child's pool: owns the states of every rules file */
 
 static const char *const ABORT_KEY = "entra-abort";
 static const char *const REQ_META = "entra.request";
@@ -673,8 +674,9 @@ static lstate *state_get(request_rec *r, entra_lua_rules *rules)
     if (!rules->mu) {
         apr_thread_mutex_lock(rules_init_mu);
         if (!rules->mu) {
-            /* Per-process runtime parts of a configuration object: the process pool owns them. */
-            apr_pool_t *pp = r->server->process->pool;
+            /* Per-process runtime parts of a configuration object: the child's pool owns
+             * them (never pconf or the process pool, which outlive the child's generation). */
+            apr_pool_t *pp = child_pool ? child_pool : r->server->process->pool;
             rules->idle = apr_array_make(pp, 16, sizeof(lstate *));
             apr_pool_cleanup_register(pp, rules, rules_cleanup, apr_pool_cleanup_null);
             apr_thread_mutex_create(&rules->mu, APR_THREAD_MUTEX_DEFAULT, pp);
@@ -990,9 +992,16 @@ static int lua_pre_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp
                : !OK;
 }
 
+static void lua_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    (void)s;
+    child_pool = pchild;
+}
+
 void entra_lua_register_providers(apr_pool_t *p)
 {
     ap_hook_pre_config(lua_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_child_init(lua_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, "entra-lua", AUTHZ_PROVIDER_VERSION,
                               &lua_provider, AP_AUTH_INTERNAL_PER_CONF);
     ap_hook_fixups(lua_guard, NULL, NULL, APR_HOOK_REALLY_FIRST);
