@@ -177,16 +177,8 @@ static void *APR_THREAD_FUNC upkeep(apr_thread_t *thd, void *data)
             second = 10;
         }
         if (tick-- <= 0) {
-            apr_hash_index_t *hi;
-            apr_array_header_t *list = apr_array_make(p, 4, sizeof(entra_source *));
+            apr_array_header_t *list = entra_sources_list(p);
             int i;
-            apr_thread_mutex_lock(sources_mu);
-            for (hi = apr_hash_first(p, sources); hi; hi = apr_hash_next(hi)) {
-                void *v;
-                apr_hash_this(hi, NULL, NULL, &v);
-                APR_ARRAY_PUSH(list, entra_source *) = v;
-            }
-            apr_thread_mutex_unlock(sources_mu);
             for (i = 0; i < list->nelts && !__atomic_load_n(&upkeep_stop, __ATOMIC_ACQUIRE); i++)
                 entra_source_maintain(APR_ARRAY_IDX(list, i, entra_source *), p);
             apr_pool_clear(p);

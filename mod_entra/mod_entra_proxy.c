@@ -378,25 +378,6 @@ void entra_proxy_child_init(apr_pool_t *p, server_rec *s, const volatile int *ca
     token_sources = apr_hash_copy(token_sources_pool, token_sources); /* not pconf's */
 }
 
-void entra_proxy_maintain(apr_pool_t *p)
-{
-    apr_array_header_t *list;
-    apr_hash_index_t *hi;
-    int i;
-    if (!token_sources_mu)
-        return;
-    list = apr_array_make(p, 4, sizeof(entra_tokensrc *));
-    apr_thread_mutex_lock(token_sources_mu);
-    for (hi = apr_hash_first(p, token_sources); hi; hi = apr_hash_next(hi)) {
-        void *v;
-        apr_hash_this(hi, NULL, NULL, &v);
-        APR_ARRAY_PUSH(list, entra_tokensrc *) = v;
-    }
-    apr_thread_mutex_unlock(token_sources_mu);
-    for (i = 0; i < list->nelts && !(cancel_flag && *cancel_flag); i++)
-        entra_tokensrc_maintain(APR_ARRAY_IDX(list, i, entra_tokensrc *), p);
-}
-
 apr_array_header_t *entra_proxy_token_sources(apr_pool_t *p)
 {
     apr_array_header_t *list = apr_array_make(p, 4, sizeof(entra_tokensrc *));
@@ -411,6 +392,15 @@ apr_array_header_t *entra_proxy_token_sources(apr_pool_t *p)
     }
     apr_thread_mutex_unlock(token_sources_mu);
     return list;
+}
+
+void entra_proxy_maintain(apr_pool_t *p)
+{
+    apr_array_header_t *list = entra_proxy_token_sources(p);
+    int i;
+    for (i = 0; i < list->nelts && !(cancel_flag && __atomic_load_n(cancel_flag, __ATOMIC_ACQUIRE));
+         i++)
+        entra_tokensrc_maintain(APR_ARRAY_IDX(list, i, entra_tokensrc *), p);
 }
 
 static int is_proxied(request_rec *r)
