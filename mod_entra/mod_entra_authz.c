@@ -294,22 +294,19 @@ static const authz_provider acrs_provider = {check_acrs, parse_acrs};
 
 void entra_authz_register_providers(apr_pool_t *p)
 {
-    ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, "entra-role", AUTHZ_PROVIDER_VERSION,
-                              &role_provider, AP_AUTH_INTERNAL_PER_CONF);
-    ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, "entra-scope", AUTHZ_PROVIDER_VERSION,
-                              &scope_provider, AP_AUTH_INTERNAL_PER_CONF);
-    ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, "entra-app", AUTHZ_PROVIDER_VERSION,
-                              &app_provider, AP_AUTH_INTERNAL_PER_CONF);
-    ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, "entra-claim", AUTHZ_PROVIDER_VERSION,
-                              &claim_provider, AP_AUTH_INTERNAL_PER_CONF);
-    ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, "entra-app-only", AUTHZ_PROVIDER_VERSION,
-                              &app_only_provider, AP_AUTH_INTERNAL_PER_CONF);
-    ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, "entra-user", AUTHZ_PROVIDER_VERSION,
-                              &user_provider, AP_AUTH_INTERNAL_PER_CONF);
-    ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, "entra-group", AUTHZ_PROVIDER_VERSION,
-                              &group_provider, AP_AUTH_INTERNAL_PER_CONF);
-    ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, "entra-wid", AUTHZ_PROVIDER_VERSION,
-                              &wid_provider, AP_AUTH_INTERNAL_PER_CONF);
-    ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, "entra-acrs", AUTHZ_PROVIDER_VERSION,
-                              &acrs_provider, AP_AUTH_INTERNAL_PER_CONF);
+    static const struct {
+        const char *name;
+        const authz_provider *provider;
+    } providers[] = {
+        {"entra-role", &role_provider},         {"entra-scope", &scope_provider},
+        {"entra-app", &app_provider},           {"entra-claim", &claim_provider},
+        {"entra-app-only", &app_only_provider}, {"entra-user", &user_provider},
+        {"entra-group", &group_provider},       {"entra-wid", &wid_provider},
+        {"entra-acrs", &acrs_provider},
+    };
+    size_t i;
+    for (i = 0; i < sizeof(providers) / sizeof(providers[0]); i++)
+        ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, providers[i].name,
+                                  AUTHZ_PROVIDER_VERSION, providers[i].provider,
+                                  AP_AUTH_INTERNAL_PER_CONF);
 }

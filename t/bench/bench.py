@@ -204,6 +204,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "t", "lib"))
 import entra_tokens as et  # noqa: E402
 import identity_client  # noqa: E402
+import procs  # noqa: E402
 import tls_certs  # noqa: E402
 
 APACHE = "/usr/sbin/apache2"
@@ -302,16 +303,7 @@ def _die_with_parent():
         pass
 
 
-def proc_status(pid: int) -> dict:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                out[k] = v.strip()
-    except OSError:
-        pass
-    return out
+proc_status = procs._status  # /proc/<pid>/status as a dict (one reader for tests and bench)
 
 
 def kib(status: dict, key: str) -> int | None:
