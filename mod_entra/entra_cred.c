@@ -143,16 +143,6 @@ static const char *read_small_file(apr_pool_t *p, const char *path, apr_size_t m
     return buf;
 }
 
-static int all_digits(const char *s)
-{
-    if (!*s)
-        return 0;
-    for (; *s; s++)
-        if (!apr_isdigit(*s))
-            return 0;
-    return 1;
-}
-
 /* App Service 2017: "09/14/2017 00:00:00 +00:00" (M/D/Y, UTC offset). */
 static apr_int64_t parse_date(const char *s)
 {
@@ -163,7 +153,8 @@ static apr_int64_t parse_date(const char *s)
 
     if (sscanf(s, "%d/%d/%d %d:%d:%d %c%d:%d", &mo, &d, &y, &h, &mi, &sec, &sign, &oh, &om) < 6)
         return 0;
-    if (mo < 1 || mo > 12 || d < 1 || d > 31 || y < 1970 || h > 23 || mi > 59 || sec > 60)
+    if (mo < 1 || mo > 12 || d < 1 || d > 31 || y < 1970 || y > 9999 || h < 0 || h > 23 ||
+        mi < 0 || mi > 59 || sec < 0 || sec > 60 || oh < 0 || oh > 14 || om < 0 || om > 59)
         return 0;
     memset(&tm, 0, sizeof(tm));
     tm.tm_year = y - 1900;
@@ -177,15 +168,11 @@ static apr_int64_t parse_date(const char *s)
     return t;
 }
 
-/* A number or numeric string member; -1 when absent or unusable. */
+/* A number or numeric string member in seconds; -1 when absent or unusable. */
 static apr_int64_t number_member(const json_t *o, const char *name)
 {
-    json_t *v = json_object_get(o, name);
-    if (json_is_number(v))
-        return (apr_int64_t)json_number_value(v);
-    if (json_is_string(v) && all_digits(json_string_value(v)))
-        return apr_atoi64(json_string_value(v));
-    return -1;
+    apr_int64_t v;
+    return entra_json_seconds(json_object_get(o, name), 1, &v) ? v : -1;
 }
 
 apr_int64_t entra_token_expiry(const json_t *body, apr_int64_t now)
@@ -208,13 +195,12 @@ static apr_int64_t jwt_exp(apr_pool_t *p, const char *tok)
     apr_size_t len;
     json_t *claims;
     const char *why;
+    apr_int64_t exp;
 
     if (!d2 || entra_b64url_decode(p, d1 + 1, (apr_size_t)(d2 - d1 - 1), &payload, &len) ||
         entra_json_parse_object(p, (const char *)payload, len, RESPONSE_MAX, &claims, &why))
         return 0;
-    return json_is_number(json_object_get(claims, "exp"))
-               ? (apr_int64_t)json_number_value(json_object_get(claims, "exp"))
-               : 0;
+    return entra_json_seconds(json_object_get(claims, "exp"), 0, &exp) ? exp : 0;
 }
 
 /* Keeps error text short and free of anything token-shaped. */

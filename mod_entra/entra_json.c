@@ -467,6 +467,35 @@ apr_status_t entra_json_parse_object(apr_pool_t *p, const char *buf, apr_size_t 
     return APR_SUCCESS;
 }
 
+int entra_json_seconds(const json_t *v, int strings, apr_int64_t *out)
+{
+    double d;
+    const char *s;
+    apr_int64_t n = 0;
+    int i;
+
+    if (json_is_number(v)) {
+        d = json_number_value(v);
+        /* Range-checked as a double first: converting one out of range is undefined. */
+        if (!(d >= 0 && d <= ENTRA_JSON_SECONDS_MAX))
+            return 0;
+        *out = (apr_int64_t)d;
+        return 1;
+    }
+    if (!strings || !json_is_string(v))
+        return 0;
+    s = json_string_value(v);
+    for (i = 0; s[i]; i++) {
+        if (i == 12 || s[i] < '0' || s[i] > '9')
+            return 0;
+        n = n * 10 + (s[i] - '0');
+    }
+    if (i == 0 || (double)n > ENTRA_JSON_SECONDS_MAX)
+        return 0;
+    *out = n;
+    return 1;
+}
+
 const char *entra_json_str(const json_t *o, const char *key)
 {
     json_t *v = json_object_get(o, key);

@@ -413,6 +413,35 @@ static void test_agrees_with_jansson(void)
               "%u with NUL bytes", accepted, refused_n, dups, nul_docs);
 }
 
+/* Seconds from untrusted numbers: out-of-range values are refused before any conversion
+ * (a fuzzer found expires_in 7.2e32 reaching an undefined double-to-integer cast). */
+static void test_seconds(void)
+{
+    json_t *j;
+    const char *why;
+    apr_int64_t v = -7;
+
+    CHECK_INT_EQ(parse("{\"a\":3600,\"b\":1.9,\"c\":\"3599\",\"big\":7.2e32,\"neg\":-1,"
+                       "\"nine\":253402300799,\"ten\":253402300800,\"s13\":\"1234567890123\","
+                       "\"sx\":\"12a\",\"se\":\"\",\"t\":true}", &j, &why),
+                 APR_SUCCESS);
+    CHECK(entra_json_seconds(json_object_get(j, "a"), 0, &v) && v == 3600);
+    CHECK(entra_json_seconds(json_object_get(j, "b"), 0, &v) && v == 1);
+    CHECK(!entra_json_seconds(json_object_get(j, "c"), 0, &v));
+    CHECK(entra_json_seconds(json_object_get(j, "c"), 1, &v) && v == 3599);
+    CHECK(entra_json_seconds(json_object_get(j, "nine"), 1, &v) && v == 253402300799LL);
+    v = -7;
+    CHECK(!entra_json_seconds(json_object_get(j, "big"), 1, &v));
+    CHECK(!entra_json_seconds(json_object_get(j, "neg"), 1, &v));
+    CHECK(!entra_json_seconds(json_object_get(j, "ten"), 1, &v));
+    CHECK(!entra_json_seconds(json_object_get(j, "s13"), 1, &v));
+    CHECK(!entra_json_seconds(json_object_get(j, "sx"), 1, &v));
+    CHECK(!entra_json_seconds(json_object_get(j, "se"), 1, &v));
+    CHECK(!entra_json_seconds(json_object_get(j, "t"), 1, &v));
+    CHECK(!entra_json_seconds(json_object_get(j, "absent"), 1, &v));
+    CHECK(v == -7);
+}
+
 int main(void)
 {
     unit_begin("test_json");
@@ -429,5 +458,6 @@ int main(void)
     RUN(test_str_and_dump);
     RUN(test_numbers_and_strings);
     RUN(test_agrees_with_jansson);
+    RUN(test_seconds);
     return unit_end();
 }
