@@ -87,6 +87,7 @@ static entra_keys_snapshot *snapshot_from_record(const entra_source *src, const 
     snap->iss.entra = src->entra;
     snap->fetched = (apr_int64_t)json_integer_value(json_object_get(j, "fetched"));
     snap->version = (apr_int64_t)json_integer_value(json_object_get(j, "v"));
+    snap->v2_at = (apr_time_t)json_integer_value(json_object_get(j, "v2t"));
     snap->v1_tried = json_is_true(json_object_get(j, "v1try"));
     return snap;
 }
@@ -311,6 +312,7 @@ static apr_status_t fetch_now(entra_source *src, apr_pool_t *p, int with_v1, apr
     json_object_set_new(rec, "fetched", json_integer((json_int_t)now));
     json_object_set_new(rec, "v1try", json_boolean(with_v1 || !src->meta_v1));
     json_object_set_new(rec, "v", json_integer((json_int_t)t0));
+    json_object_set_new(rec, "v2t", json_integer((json_int_t)t0));
     text = entra_json_dump(p, rec);
     if (!text || strlen(text) > RECORD_MAX) {
         *why = "key record too large for the cache";
@@ -344,12 +346,24 @@ typedef struct {
     entra_source *src;
     int with_v1;
     apr_int64_t before; /* the version the caller had */
+    apr_time_t v2_after; /* 0, or: only a v2 part fetched from this moment on will do */
 } key_flight;
+
+/* The v2 part of the current record was fetched before `t` (or there is none). */
+static int v2_before(entra_source *src, apr_time_t t)
+{
+    int older;
+    apr_thread_mutex_lock(src->mu);
+    older = !src->cur || src->cur->v2_at < t;
+    apr_thread_mutex_unlock(src->mu);
+    return older;
+}
 
 static int kf_newer(void *baton, apr_pool_t *p)
 {
     key_flight *kf = baton;
-    return sync_from_store(kf->src, p) != kf->before;
+    return sync_from_store(kf->src, p) != kf->before &&
+           (!kf->v2_after || !v2_before(kf->src, kf->v2_after));
 }
 
 static int kf_failed(void *baton, apr_pool_t *p, const char **why)
@@ -383,10 +397,18 @@ static apr_status_t kf_fetch(void *baton, apr_pool_t *p, apr_time_t deadline, co
     return rv;
 }
 
+static apr_time_t fetch_deadline(const entra_source *src)
+{
+    return apr_time_now() + apr_time_from_msec(src->http.timeout_ms + WAIT_SLACK);
+}
+
 /* Fetches unless another process on the machine already is; either way returns once new
  * keys are stored, the fetch failed, the fetch budget (the fetch timeout, for all the
- * documents together) passed, or the process began to exit. */
+ * documents together) passed, or the process began to exit. `v2_after` (0: any) is the
+ * moment from which a v2 fetch counts as new; `deadline` (0: the budget from now) ends
+ * the wait. */
 static apr_status_t fetch_single_flight(entra_source *src, apr_pool_t *p, int with_v1,
+                                        apr_time_t v2_after, apr_time_t deadline,
                                         const char **why)
 {
     key_flight kf;
@@ -402,11 +424,12 @@ static apr_status_t fetch_single_flight(entra_source *src, apr_pool_t *p, int wi
     apr_thread_mutex_unlock(src->mu);
     kf.src = src;
     kf.with_v1 = with_v1;
+    kf.v2_after = v2_after;
     memset(&f, 0, sizeof(f));
     f.store = src->store;
     f.lease = skey(p, src, "lease");
     /* A waiter's bound is the holder's budget plus the time to store what it fetched. */
-    f.deadline = apr_time_now() + apr_time_from_msec(src->http.timeout_ms + WAIT_SLACK);
+    f.deadline = deadline ? deadline : fetch_deadline(src);
     f.lease_ttl = apr_time_from_sec(1);
     f.step = WAIT_STEP;
     f.cancel = src->http.cancel;
@@ -449,7 +472,7 @@ apr_status_t entra_source_acquire(entra_source *src, apr_pool_t *p, entra_keys_s
         *out = snap;
         return APR_SUCCESS;
     }
-    rv = fetch_single_flight(src, p, 0, why);
+    rv = fetch_single_flight(src, p, 0, 0, 0, why);
     sync_from_store(src, p);
     if ((snap = usable(src, now_sec(), &recent))) {
         *out = snap;
@@ -468,6 +491,8 @@ entra_keys_snapshot *entra_source_refetch_for_kid(entra_source *src, apr_pool_t 
     apr_size_t len;
     int recent;
     entra_keys_snapshot *snap;
+    apr_time_t asked = apr_time_now(), deadline = fetch_deadline(src);
+    apr_status_t rv;
 
     sync_from_store(src, p);
     snap = usable(src, now_sec(), &recent);
@@ -478,12 +503,19 @@ entra_keys_snapshot *entra_source_refetch_for_kid(entra_source *src, apr_pool_t 
                         apr_time_now() + apr_time_from_sec(src->refetch_interval)) ==
         APR_SUCCESS) {
         entra_log(ENTRA_LOG_INFO, "ENTRA0106: %s: unknown kid, refetching keys", src->meta_v2);
-        if (fetch_single_flight(src, p, 0, &why) != APR_SUCCESS)
+        /* Only a v2 document fetched after this moment answers: a flight already under way
+         * (the upkeep adding v1 keys to the stored v2 set, a refresh begun before the
+         * rotation) ends with the old v2 set, keys dropped since still in it. Then fetch
+         * again, within the same bound. */
+        rv = fetch_single_flight(src, p, 0, asked, deadline, &why);
+        if (rv == APR_EAGAIN && v2_before(src, asked))
+            rv = fetch_single_flight(src, p, 0, asked, deadline, &why);
+        if (rv != APR_SUCCESS)
             entra_log(ENTRA_LOG_WARN, "ENTRA0107: refetch for an unknown kid failed: %s", why);
     }
     else if (src->store->get(src->store, skey(p, src, "lease"), p, 8, &v, &len) == APR_SUCCESS) {
         /* A fetch is under way (perhaps for this very kid): its answer serves us too. */
-        fetch_single_flight(src, p, 0, &why);
+        fetch_single_flight(src, p, 0, 0, deadline, &why);
     }
     sync_from_store(src, p);
     snap = usable(src, now_sec(), &recent);
@@ -505,7 +537,7 @@ void entra_source_maintain(entra_source *src, apr_pool_t *p)
         /* Cold: v2 first, so requests waiting on this fetch get keys soonest; then only the
          * v1 part, unless a full refresh is due anyway. */
         int mode = !snap ? 0 : now - snap->fetched >= src->refresh_interval ? 1 : 2;
-        if (fetch_single_flight(src, p, mode, &why) == APR_SUCCESS)
+        if (fetch_single_flight(src, p, mode, 0, 0, &why) == APR_SUCCESS)
             sync_from_store(src, p);
         else if (snap && !entra_cancelled(src->http.cancel))
             entra_log(ENTRA_LOG_WARN,

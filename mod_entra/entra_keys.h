@@ -19,6 +19,7 @@ typedef struct entra_keys_snapshot {
     entra_issuers iss;
     apr_int64_t fetched; /* seconds since the epoch of the fetch that produced it */
     apr_int64_t version; /* unique per fetch */
+    apr_time_t v2_at;    /* when the fetch of the v2 document and keys in it began */
     int v1_tried;        /* the v1 document was part of that fetch (or there is none) */
 } entra_keys_snapshot;
 

@@ -142,6 +142,27 @@ def test_dropped_key_rejected_after_refetch(start):
     expect_invalid_token(s.get("/any/ok.txt", tok), tok)
 
 
+def test_dropped_key_rejected_when_refetch_meets_the_v1_follow_up(start):
+    """The upkeep's follow-up after a cold start adds the v1 keys to the stored v2 set without
+    refetching v2. A kid refetch that waits on that flight must not take its result (the v2
+    set from before the rotation, the dropped key still in it) as the answer: it fetches v2
+    again within its bound, and the dropped key ends."""
+    s = start(prepare=modes(discovery_v1=("slow", 4)))
+    expect_ok(s.get("/any/ok.txt", s.token(key="rsa2")))       # cold: v2 documents only
+    deadline = time.monotonic() + 15
+    while s.fake.stats()["discovery_v1"].get(T, 0) == 0:      # the upkeep's v1 part began
+        assert time.monotonic() < deadline, "the upkeep never fetched the v1 document"
+        time.sleep(0.1)
+    v2_before = s.fake.stats()["jwks_v2"].get(T, 0)
+    new_kid = s.fake.rotate(drop="rsa2")["added"]
+    t0 = time.monotonic()
+    expect_ok(s.get("/any/ok.txt", s.token(key=new_kid)))    # waits on the v1 flight, then v2
+    assert time.monotonic() - t0 < FETCH_BOUND + 2
+    assert s.fake.stats()["jwks_v2"].get(T, 0) > v2_before, "no v2 fetch after the rotation"
+    tok = s.token(key="rsa2")
+    expect_invalid_token(s.get("/any/ok.txt", tok), tok)
+
+
 def _seen_twice(s, tok):
     """The token verified, then found again in every cache (per-process claims, table)."""
     for _ in range(3):
