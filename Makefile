@@ -107,7 +107,7 @@ test-unit: unit
 
 test-e2e: module $(if $(LUAMOD_SRC),luamod)
 	ENTRA_SANITIZE=$(SANITIZE) ENTRA_MODULE=$(CURDIR)/$(MODULE) ENTRA_LUAMOD=$(CURDIR)/$(LUAMOD) \
-	  $(PYTHON) -m pytest -q t/
+	  $(PYTHON) -m pytest -q --durations=15 t/
 
 # A representative third of the end-to-end suite (inbound, keys across processes, outbound,
 # Lua rules) under the worker and prefork MPMs; the whole suite runs under event.
