@@ -206,9 +206,11 @@ def hanging_burst(make_stack):
 
 def test_cold_burst_against_a_hanging_authority_is_answered_within_the_bound(hanging_burst):
     s = hanging_burst["stack"]
+    # Timed by the client: its 200 threads share the machine's two cores with apache2 and
+    # parse 200 answers that come at once, hence twice the slack.
     for r, _, elapsed in hanging_burst["results"]:
         assert not isinstance(r, Exception), f"a request of the burst failed: {r!r}"
-        _expect_503(s, r, elapsed, bound=KEY_WAIT_BOUND + SLACK)
+        _expect_503(s, r, elapsed, bound=KEY_WAIT_BOUND + 2 * SLACK)
     st = hanging_burst["stats"]
     # One fetch for the machine: the burst waited on it instead of starting its own.
     assert st["max_in_flight"]["discovery_v2"] == 1, st
