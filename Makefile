@@ -109,11 +109,11 @@ test-e2e: module $(if $(LUAMOD_SRC),luamod)
 	ENTRA_SANITIZE=$(SANITIZE) ENTRA_MODULE=$(CURDIR)/$(MODULE) ENTRA_LUAMOD=$(CURDIR)/$(LUAMOD) \
 	  $(PYTHON) -m pytest -q --durations=15 t/
 
-# A representative third of the end-to-end suite (inbound, keys across processes, outbound,
-# Lua rules) under the worker and prefork MPMs; the whole suite runs under event.
+# A representative third of the end-to-end suite (inbound, keys across processes and their
+# faults, outbound, Lua rules) under the worker and prefork MPMs; the whole suite runs under event.
 MPM_TESTS = t/test_inbound_answers.py t/test_inbound_keys.py t/test_inbound_cache.py \
             t/test_outbound_refresh.py t/test_outbound_concurrency.py t/test_lua_rules.py \
-            t/test_inbound_sections.py
+            t/test_inbound_sections.py t/test_faults_inbound.py
 # Under prefork the tests that count fetches or need two children to share a verdict assume
 # event's fixed two children; prefork starts and retires processes as load comes and goes.
 PREFORK_TESTS = $(filter-out t/test_inbound_keys.py t/test_inbound_cache.py,$(MPM_TESTS))

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 
 import pytest
@@ -310,11 +311,39 @@ def test_hang_mode(fake):
     assert time.monotonic() - t0 < 5
 
 
-def test_huge_mode(fake):
-    fake.set_mode("jwks", "huge")
+@pytest.mark.parametrize("size,chunked", [(None, False), (10 * 1024 * 1024, True), (65536, False)])
+def test_huge_mode(fake, size, chunked):
+    fake.set_mode("jwks", "huge", size=size, chunked=chunked)
     r = get(fake, f"/{T}/discovery/v2.0/keys", timeout=30)
-    assert len(r.content) >= 8 * 1024 * 1024
+    assert len(r.content) == (size or 8 * 1024 * 1024)
+    assert ("Content-Length" in r.headers) != chunked, r.headers
     assert len(r.json()["keys"]) == 7
+    huge = fake.stats()["huge"]["jwks_v2"]
+    assert huge == {"served": 1, "aborted": 0, "bytes": len(r.content)}, huge
+
+
+def test_huge_mode_counts_a_client_that_hangs_up(fake):
+    fake.set_mode("jwks", "huge", size=10 * 1024 * 1024, chunked=True)
+    with socket.create_connection(("127.0.0.1", fake.port), timeout=30) as c:
+        c.sendall(f"GET /{T}/discovery/v2.0/keys HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        got = 0
+        while got < 256 * 1024:
+            data = c.recv(65536)
+            assert data, "the fake closed first"
+            got += len(data)
+    # closed with the rest unread
+    deadline = time.monotonic() + 10
+    while fake.stats()["huge"]["jwks_v2"]["aborted"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    huge = fake.stats()["huge"]["jwks_v2"]
+    assert huge["served"] == 1 and huge["aborted"] == 1, huge
+    assert huge["bytes"] < 10 * 1024 * 1024, huge
+
+
+def test_huge_mode_size_is_bounded(fake):
+    for size in (10, 65 * 1024 * 1024):
+        with pytest.raises(RuntimeError):
+            fake.set_mode("jwks", "huge", size=size)
 
 
 def test_mode_times_reverts(fake):

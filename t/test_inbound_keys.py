@@ -32,12 +32,13 @@ def _locations(authority):
 
 @pytest.fixture
 def start(make_stack):
-    """start(prepare=None, server_conf=None, tls=None) -> Stack, closed after the test."""
+    """start(prepare=None, server_conf=None, tls=None, name, files) -> Stack, closed after the
+    test. `files`: the paths with an ok.txt (one outside /any and /role has no authentication)."""
     stacks = []
 
-    def _start(prepare=None, server_conf=None, tls=None, name="keys"):
+    def _start(prepare=None, server_conf=None, tls=None, name="keys", files=("/any", "/role")):
         s = make_stack(name, prepare=prepare, locations=_locations, tls=tls,
-                       server_conf=server_conf, files=["/any", "/role"])
+                       server_conf=server_conf, files=list(files))
         stacks.append(s)
         return s
 

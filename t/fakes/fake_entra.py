@@ -18,14 +18,18 @@ Authority: http://127.0.0.1:PORT/ (or https:// with --tls-cert/--tls-key).
 Control API (POST bodies are JSON; t/lib/fake_entra_client.py wraps it):
   GET  /_control/stats      request counts: {"discovery_v1"|"discovery_v2"|"jwks_v1"|"jwks_v2":
                             {tenant: n}, "discovery"/"jwks": v1+v2 summed, "paths": {path: n},
-                            "total": n, "max_in_flight": {category: n}}
+                            "total": n, "max_in_flight": {category: n},
+                            "huge": {category: {"served", "aborted", "bytes"}}: huge bodies begun,
+                            those the client hung up on before their end, body bytes written}
   GET  /_control/requests   the last 500 requests (path, tenant, headers)
   GET  /_control/keys       keys with kid/kty/bits/use/issuer/published, and role names
   POST /_control/reset      {"counters", "modes", "keys", "documents", "tenants": bool}
   POST /_control/mode       {"target": discovery|discovery_v1|discovery_v2|jwks|jwks_v1|jwks_v2|all,
                              "mode": ok|slow|hang|500|502|503|429|404|400|401|403|garbage|html|empty|
                                      truncated|truncated_json|huge|invalid_shape|empty_keys,
-                             "delay": seconds (slow, hang), "times": n (then back to ok)}
+                             "delay": seconds (slow, hang), "times": n (then back to ok),
+                             "size": bytes (huge; 1 KiB..64 MiB, default 8 MiB),
+                             "chunked": bool (huge: chunked, no Content-Length)}
   POST /_control/rotate     {"kty", "bits", "crv", "kid", "drop": kid|role|"oldest"} -> {added, dropped}
   POST /_control/keys/add   {"kty", "bits", "crv", "kid", "use", "issuer", "role", "published",
                              "appid"} -> {kid}   (appid: served only at jwks_uri?appid=<appid>)
@@ -38,7 +42,8 @@ Control API (POST bodies are JSON; t/lib/fake_entra_client.py wraps it):
 
 Modes: slow waits `delay` (default 3 s) then answers; hang holds the connection `delay` (default
 60 s) and closes it unanswered; truncated sends half the body of a larger Content-Length; huge
-sends an 8 MB valid JSON document; 5xx/4xx send Entra-shaped JSON errors (404: an HTML page).
+sends a valid JSON document of `size` bytes (default 8 MiB; with `chunked`, in chunks of 64 KiB
+and no Content-Length, so the client learns the size only as it reads); 5xx/4xx send Entra-shaped JSON errors (404: an HTML page).
 
 Tenants: a GUID, or common / organizations / consumers. Anything else answers
 400 invalid_tenant (AADSTS90002) as Entra does; a name that is not even a DNS
@@ -82,7 +87,9 @@ TARGETS = {
 MODES = {"ok", "slow", "hang", "garbage", "html", "empty", "truncated", "truncated_json",
          "huge", "invalid_shape", "empty_keys", "400", "401", "403", "404", "429", "500", "502", "503"}
 HUGE_BYTES = 8 * 1024 * 1024
+HUGE_MIN, HUGE_MAX = 1024, 64 * 1024 * 1024
 HANG_SECONDS = 60.0
+OK_MODE = {"mode": "ok", "delay": 0.0, "times": None, "size": HUGE_BYTES, "chunked": False}
 
 
 def _now_stamp() -> str:
@@ -121,11 +128,12 @@ class State:
                 self.paths = collections.Counter()
                 self.total = 0
                 self.max_in_flight = {c: 0 for c in CATEGORIES}
+                self.huge = {c: {"served": 0, "aborted": 0, "bytes": 0} for c in CATEGORIES}
                 self.requests = collections.deque(maxlen=500)
             if not hasattr(self, "in_flight"):
                 self.in_flight = {c: 0 for c in CATEGORIES}
             if modes:
-                self.modes = {c: {"mode": "ok", "delay": 0.0, "times": None} for c in CATEGORIES}
+                self.modes = {c: dict(OK_MODE) for c in CATEGORIES}
             if keys:
                 for kid in list(self.store.keys):
                     if kid not in self.initial_published:
@@ -153,6 +161,7 @@ class State:
             out["paths"] = dict(self.paths)
             out["total"] = self.total
             out["max_in_flight"] = dict(self.max_in_flight)
+            out["huge"] = {c: dict(v) for c, v in self.huge.items()}
             return out
 
     def take_mode(self, category: str) -> dict:
@@ -161,7 +170,7 @@ class State:
             if m["times"] is not None:
                 left = self.modes[category]["times"] - 1
                 if left <= 0:
-                    self.modes[category] = {"mode": "ok", "delay": 0.0, "times": None}
+                    self.modes[category] = dict(OK_MODE)
                 else:
                     self.modes[category]["times"] = left
             return m
@@ -403,26 +412,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if mode == "huge":
-            doc = self._document(category, tenant)
-            head = json.dumps(doc)[:-1].encode() + b', "padding": "'
-            tail = b'"}'
-            pad = HUGE_BYTES - len(head) - len(tail)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(head) + pad + len(tail)))
-            self.end_headers()
-            try:
-                self.wfile.write(head)
-                chunk = b"A" * 65536
-                left = pad
-                while left > 0:
-                    n = min(left, len(chunk))
-                    self.wfile.write(chunk[:n])
-                    left -= n
-                self.wfile.write(tail)
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True
-            return
+            return self._send_huge(category, tenant, m["size"], m["chunked"])
         if mode == "404":
             return self._send(404, b"<html><body><h1>404 Not Found</h1></body></html>",
                               "text/html; charset=utf-8")
@@ -438,6 +428,45 @@ class Handler(BaseHTTPRequestHandler):
         return self._json(status, entra_error("server_error" if status >= 500 else "invalid_request", 50000,
                                               "There was an error issuing a token or an issue with our "
                                               "sign-in service."))
+
+    def _send_huge(self, category: str, tenant: str, size: int, chunked: bool):
+        """A valid JSON document of `size` bytes (the category's document plus padding), written
+        in 64 KiB pieces; counts how much of it the client took before it hung up."""
+        doc = self._document(category, tenant)
+        head = json.dumps(doc)[:-1].encode() + b', "padding": "'
+        tail = b'"}'
+        pad = max(0, size - len(head) - len(tail))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(head) + pad + len(tail)))
+        self.end_headers()
+        huge = self.state.huge[category]
+        with self.state.lock:
+            huge["served"] += 1
+
+        def write(data: bytes):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+            with self.state.lock:
+                huge["bytes"] += len(data)
+
+        try:
+            write(head)
+            chunk = b"A" * 65536
+            left = pad
+            while left > 0:
+                write(chunk[:min(left, len(chunk))])
+                left -= len(chunk)
+            write(tail)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            with self.state.lock:
+                huge["aborted"] += 1
+            self.close_connection = True
 
     # -------------------------------------------------------------- control API
     def _control(self, path: str, method: str):
@@ -470,10 +499,14 @@ class Handler(BaseHTTPRequestHandler):
                     return self._json(400, {"error": f"bad mode {mode!r} or target {target!r}"})
                 delay = float(req.get("delay", 3.0 if mode == "slow" else 0.0))
                 times = req.get("times")
+                size = int(req.get("size", HUGE_BYTES))
+                if not HUGE_MIN <= size <= HUGE_MAX:
+                    return self._json(400, {"error": f"size {size} not in {HUGE_MIN}..{HUGE_MAX}"})
                 with st.lock:
                     for c in TARGETS[target]:
                         st.modes[c] = {"mode": mode, "delay": delay,
-                                       "times": int(times) if times is not None else None}
+                                       "times": int(times) if times is not None else None,
+                                       "size": size, "chunked": bool(req.get("chunked", False))}
                 return self._json(200, {"ok": True, "modes": st.modes})
             if name == "keys/add":
                 with st.lock:

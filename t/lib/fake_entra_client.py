@@ -30,12 +30,13 @@ class FakeEntra:
         self._store = None
 
     # ---------------------------------------------------------------- lifecycle
-    def start(self, timeout: float = 30.0) -> "FakeEntra":
+    def start(self, timeout: float = 30.0, port: int = 0) -> "FakeEntra":
+        """port: 0 for any free one; the old port to bring a stopped fake back where it was."""
         os.makedirs(self.workdir, exist_ok=True)
         ready = os.path.join(self.workdir, "fake_entra.ready")
         if os.path.exists(ready):
             os.unlink(ready)
-        cmd = [PYTHON, FAKE_SCRIPT, "--port", "0", "--ready-file", ready, "--keys-dir", self.keys_dir,
+        cmd = [PYTHON, FAKE_SCRIPT, "--port", str(port), "--ready-file", ready, "--keys-dir", self.keys_dir,
                "--parent-pid", str(os.getpid())]
         if self.tls_cert:
             cmd += ["--tls-cert", self.tls_cert, "--tls-key", self.tls_key]
@@ -99,12 +100,13 @@ class FakeEntra:
         r.raise_for_status()
         return r.json()
 
-    def set_mode(self, target: str, mode: str, delay: float | None = None, times: int | None = None):
-        body = {"target": target, "mode": mode}
-        if delay is not None:
-            body["delay"] = delay
-        if times is not None:
-            body["times"] = times
+    def set_mode(self, target: str, mode: str, delay: float | None = None, times: int | None = None,
+                 size: int | None = None, chunked: bool = False):
+        """size/chunked: the body of mode "huge" (bytes; chunked without Content-Length)."""
+        body = {"target": target, "mode": mode, "chunked": chunked}
+        for k, v in (("delay", delay), ("times", times), ("size", size)):
+            if v is not None:
+                body[k] = v
         return self._post("mode", body)
 
     def reset(self, counters=True, modes=True, keys=False, documents=True, tenants=True):

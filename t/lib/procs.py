@@ -84,3 +84,26 @@ def wait_until_children(ppid: int, timeout: float, step: float = 0.1) -> list[in
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"no child of {ppid} after {timeout:.1f} s")
         time.sleep(step)
+
+
+def memory_kib(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of /proc/<pid>/status in KiB (VmRSS; VmHWM, the peak resident size so
+    far), 0 once the process is gone."""
+    v = _status(pid).get(field)
+    return int(v.split()[0]) if v else 0
+
+
+def connected_to(pid: int, port: int) -> bool:
+    """`pid` holds an established TCP connection to 127.0.0.1:`port` (from /proc/<pid>/net/tcp,
+    matched against the socket inodes among its fds)."""
+    try:
+        mine = {t[len("socket:["):-1] for t in open_fds(pid).values() if t.startswith("socket:[")}
+        with open(f"/proc/{pid}/net/tcp") as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                if cols[3] == "01" and cols[2] == f"0100007F:{port:04X}" and cols[9] in mine:
+                    return True
+    except OSError:
+        pass
+    return False
