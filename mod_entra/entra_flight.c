@@ -28,27 +28,63 @@ apr_status_t entra_sleep_until(apr_time_t until, const volatile int *cancel)
     }
 }
 
-apr_status_t entra_flight_run(const entra_flight *f, apr_pool_t *p, const char **why)
+static apr_uint64_t *room;     /* machine-wide places: each 0 or its waiter's deadline */
+static int room_n;
+static int room_per_process;   /* 0: no per-process limit */
+static apr_uint32_t room_here; /* waiters of this process */
+
+void entra_flight_room_init(apr_uint64_t *slots, int n, int per_process)
 {
-    apr_interval_time_t step = f->step > 0 && f->step < ENTRA_WAIT_STEP ? f->step
-                                                                        : ENTRA_WAIT_STEP;
+    room = n > 0 ? slots : NULL;
+    room_n = room ? n : 0;
+    room_per_process = per_process > 0 ? per_process : 0;
+    room_here = 0;
+}
+
+/* A place in the waiting room until `deadline`: its index, -2 when the room is not
+ * limited, -1 when it is full. */
+static int room_enter(apr_time_t deadline)
+{
+    apr_uint64_t now = (apr_uint64_t)apr_time_now(), v;
+    int i;
+
+    if (room_per_process &&
+        __atomic_add_fetch(&room_here, 1, __ATOMIC_ACQ_REL) > (apr_uint32_t)room_per_process) {
+        __atomic_sub_fetch(&room_here, 1, __ATOMIC_ACQ_REL);
+        return -1;
+    }
+    if (!room)
+        return -2;
+    for (i = 0; i < room_n; i++) {
+        v = __atomic_load_n(&room[i], __ATOMIC_ACQUIRE);
+        /* Free, or left behind by a waiter that died: its deadline has passed. */
+        if (v < now && __atomic_compare_exchange_n(&room[i], &v, (apr_uint64_t)deadline, 0,
+                                                   __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return i;
+    }
+    if (room_per_process)
+        __atomic_sub_fetch(&room_here, 1, __ATOMIC_ACQ_REL);
+    return -1;
+}
+
+static void room_leave(int place, apr_time_t deadline)
+{
+    apr_uint64_t mine = (apr_uint64_t)deadline;
+    if (room_per_process)
+        __atomic_sub_fetch(&room_here, 1, __ATOMIC_ACQ_REL);
+    /* Only if it is still ours: after its deadline another waiter may have taken it. */
+    if (place >= 0)
+        __atomic_compare_exchange_n(&room[place], &mine, 0, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE);
+}
+
+/* Waits for the holder of the lease: see entra_flight_run. */
+static apr_status_t wait_for_holder(const entra_flight *f, apr_pool_t *p, apr_interval_time_t step,
+                                    const char **why)
+{
     char *v;
     apr_size_t len;
-    apr_status_t rv;
 
-    if (entra_cancelled(f->cancel)) {
-        *why = "cancelled (process exiting)";
-        return APR_EINTR;
-    }
-    if (f->store->add(f->store, f->lease, "1", 1, f->deadline + f->lease_ttl) == APR_SUCCESS) {
-        /* Another holder may have finished between the caller's look and our lease. */
-        if (f->newer(f->baton, p))
-            rv = APR_SUCCESS;
-        else
-            rv = f->fetch(f->baton, p, f->deadline, why);
-        f->store->remove(f->store, f->lease);
-        return rv;
-    }
     for (;;) {
         apr_time_t now = apr_time_now(), until = now + step;
         if (now >= f->deadline) {
@@ -72,6 +108,37 @@ apr_status_t entra_flight_run(const entra_flight *f, apr_pool_t *p, const char *
             return APR_EAGAIN;
         }
     }
+}
+
+apr_status_t entra_flight_run(const entra_flight *f, apr_pool_t *p, const char **why)
+{
+    apr_interval_time_t step = f->step > 0 && f->step < ENTRA_WAIT_STEP ? f->step
+                                                                        : ENTRA_WAIT_STEP;
+    apr_status_t rv;
+    int place;
+
+    if (entra_cancelled(f->cancel)) {
+        *why = "cancelled (process exiting)";
+        return APR_EINTR;
+    }
+    if (f->store->add(f->store, f->lease, "1", 1, f->deadline + f->lease_ttl) == APR_SUCCESS) {
+        /* Another holder may have finished between the caller's look and our lease. */
+        if (f->newer(f->baton, p))
+            rv = APR_SUCCESS;
+        else
+            rv = f->fetch(f->baton, p, f->deadline, why);
+        f->store->remove(f->store, f->lease);
+        return rv;
+    }
+    place = f->roomed ? room_enter(f->deadline) : -3;
+    if (place == -1) {
+        *why = "too many requests already waiting for a fetch in progress";
+        return APR_EBUSY;
+    }
+    rv = wait_for_holder(f, p, step, why);
+    if (place != -3)
+        room_leave(place, f->deadline);
+    return rv;
 }
 
 int entra_backoff_get(entra_store *s, apr_pool_t *p, const char *key, entra_backoff *out)

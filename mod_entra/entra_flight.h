@@ -31,6 +31,7 @@ typedef struct entra_flight {
                                       holder that died frees it then */
     apr_interval_time_t step;      /* between looks at the holder's progress */
     const volatile int *cancel;
+    int roomed;                    /* a waiter needs a place in the waiting room */
     void *baton;
     /* The store holds a result newer than the caller's (the caller remembers what it had). */
     int (*newer)(void *baton, apr_pool_t *p);
@@ -42,8 +43,20 @@ typedef struct entra_flight {
 
 /* Takes the lease and fetches, or waits for whoever holds it. APR_SUCCESS: a newer result is
  * in the store. Otherwise *why says why: the holder's failure, APR_EAGAIN (the lease went
- * away with nothing new), APR_TIMEUP (the deadline came) or APR_EINTR (cancelled). */
+ * away with nothing new), APR_TIMEUP (the deadline came), APR_EINTR (cancelled) or
+ * APR_EBUSY (the flight is `roomed` and the waiting room is full, see
+ * entra_flight_room_init). */
 apr_status_t entra_flight_run(const entra_flight *f, apr_pool_t *p, const char **why);
+
+/* The waiting room: how many callers may wait on a fetch another one holds, so that a burst
+ * against a hanging authority cannot occupy every worker and starve routes that need no
+ * fetch. `slots` (ENTRA_ROOM_BYTES(n) bytes of memory shared by the machine's processes,
+ * zeroed) holds the machine-wide places, each the deadline of its waiter (a waiter that
+ * died frees its place when that passes); `per_process` (0: no limit) bounds the waiters
+ * of one process. The caller over either limit gets APR_EBUSY at once. Before this is
+ * called (unit tests, tools), waits are not limited. */
+#define ENTRA_ROOM_BYTES(n) ((apr_size_t)(n) * sizeof(apr_uint64_t))
+void entra_flight_room_init(apr_uint64_t *slots, int n, int per_process);
 
 /* A failure record: the n-th failure in a row, no new attempt before `next` (seconds since
  * the epoch), and the reason. */

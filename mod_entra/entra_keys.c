@@ -433,6 +433,7 @@ static apr_status_t fetch_single_flight(entra_source *src, apr_pool_t *p, int wi
     f.lease_ttl = apr_time_from_sec(1);
     f.step = WAIT_STEP;
     f.cancel = src->http.cancel;
+    f.roomed = 1; /* requests wait here: a hanging authority must not take every worker */
     f.baton = &kf;
     f.newer = kf_newer;
     f.fetch = kf_fetch;
@@ -510,6 +511,9 @@ entra_keys_snapshot *entra_source_refetch_for_kid(entra_source *src, apr_pool_t 
         rv = fetch_single_flight(src, p, 0, asked, deadline, &why);
         if (rv == APR_EAGAIN && v2_before(src, asked))
             rv = fetch_single_flight(src, p, 0, asked, deadline, &why);
+        if (rv == APR_EBUSY)
+            /* It never asked: the next request with an unknown kid may. */
+            src->store->remove(src->store, skey(p, src, "kid"));
         if (rv != APR_SUCCESS)
             entra_log(ENTRA_LOG_WARN, "ENTRA0107: refetch for an unknown kid failed: %s", why);
     }

@@ -7,6 +7,7 @@
 #include <http_log.h>
 #include <http_main.h>
 #include <http_request.h>
+#include <ap_mpm.h>
 #include <mpm_common.h>
 #include <mod_auth.h>
 #include <ap_provider.h>
@@ -16,6 +17,7 @@
 #include <apr_thread_proc.h>
 #include <openssl/sha.h>
 
+#include "entra_flight.h"
 #include "entra_http.h"
 #include "entra_log.h"
 #include "mod_entra.h"
@@ -23,6 +25,7 @@
 
 
 #define UPKEEP_SECONDS 5
+#define MAX_WAITING 4096 /* places in the waiting room, whatever the MPM allows */
 
 static server_rec *log_server;
 static apr_pool_t *sources_pool;
@@ -251,15 +254,30 @@ static int post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, s
     {
         /* Anonymous shared memory made before the fork: this generation's children share it. */
         apr_shm_t *shm;
+        int threads = 1, daemons = 1, places, per_process;
+        /* The waiting room (entra_flight_room_init): at most half the server's workers
+         * wait on a fetch another holds, and at most half of each child's threads. */
+        if (ap_mpm_query(AP_MPMQ_MAX_THREADS, &threads) != APR_SUCCESS || threads < 1)
+            threads = 1;
+        if (ap_mpm_query(AP_MPMQ_MAX_DAEMONS, &daemons) != APR_SUCCESS || daemons < 1)
+            daemons = 1;
+        places = threads * daemons / 2 > 1 ? threads * daemons / 2 : 1;
+        if (places > MAX_WAITING)
+            places = MAX_WAITING;
+        per_process = threads > 1 ? threads / 2 : 0;
         keys_epoch = NULL;
-        if (apr_shm_create(&shm, 64, NULL, pconf) == APR_SUCCESS) {
-            keys_epoch = apr_shm_baseaddr_get(shm);
-            *keys_epoch = 0;
+        entra_flight_room_init(NULL, 0, per_process);
+        if (apr_shm_create(&shm, 64 + ENTRA_ROOM_BYTES(places), NULL, pconf) == APR_SUCCESS) {
+            char *base = apr_shm_baseaddr_get(shm);
+            memset(base, 0, 64 + ENTRA_ROOM_BYTES(places));
+            keys_epoch = (apr_uint64_t *)base;
+            entra_flight_room_init((apr_uint64_t *)(base + 64), places, per_process);
         }
         else
             ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
-                         "ENTRA0015: no shared memory for the key-set counter: processes "
-                         "notice new key sets within 2 s instead of at once");
+                         "ENTRA0015: no shared memory for the key-set counter and the waiting "
+                         "room: processes notice new key sets within 2 s instead of at once, "
+                         "and only each child's waiters are limited");
     }
     sources_pool = pconf;
     sources = apr_hash_make(pconf);

@@ -366,7 +366,8 @@ def source_descriptions() -> tuple[set, set, set]:
     json_reasons = set(_why_literals("entra_json.c"))
     composed = {(p, j) for p in prefixes for j in json_reasons}
     # 503: whole reasons only (composed ones, "discovery <url>: HTTP 404", are described).
-    unavailable = {_joined(s) for s in re.findall(rf"\*why\s*=\s*({_LITS})\s*;", _read("entra_keys.c"))}
+    unavailable = {_joined(s) for name in ("entra_keys.c", "entra_flight.c")
+                   for s in re.findall(rf"\*why\s*=\s*({_LITS})\s*;", _read(name))}
     return plain, composed, unavailable
 
 

@@ -217,10 +217,6 @@ def test_cold_burst_against_a_hanging_authority_is_answered_within_the_bound(han
     assert st["discovery_v2"].get(T, 0) <= 2, st
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "worker exhaustion: every request of a cold burst waits (up to 11 s) on the one key fetch "
-    "and holds its worker meanwhile, so with all workers waiting nothing else is served; "
-    "reported on issue #11, not fixed here (a cap on key waiters is a behaviour change)"))
 def test_cold_burst_leaves_an_unauthenticated_route_serving(hanging_burst):
     during = hanging_burst["during"]
     assert during, "no probe of the unauthenticated route overlapped the burst"

@@ -138,6 +138,7 @@ static entra_flight mk_flight(fl_state *st, long bound_ms)
     f.lease_ttl = apr_time_from_sec(1);
     f.step = apr_time_from_msec(20);
     f.cancel = &cancel_flag;
+    f.roomed = 1;
     f.baton = st;
     f.newer = fl_newer;
     f.fetch = fl_fetch;
@@ -205,6 +206,63 @@ static void test_flight(void)
     CHECK(apr_time_now() - t0 < apr_time_from_sec(1));
 }
 
+/* Waits on another's fetch for `ms` in a thread (the holder never finishes). */
+static void *APR_THREAD_FUNC wait_a_while(apr_thread_t *t, void *data)
+{
+    fl_state st = {0, 0, 0};
+    entra_flight f = mk_flight(&st, 400);
+    const char *why;
+    *(apr_status_t *)data = entra_flight_run(&f, up, &why);
+    (void)t;
+    return NULL;
+}
+
+/* The waiting room: places are refused when full, a dead waiter's place frees at its
+ * deadline, and a process's own limit holds without shared places. */
+static void test_waiting_room(void)
+{
+    apr_uint64_t slots[2] = {0, 0};
+    fl_state st = {0, 0, 0};
+    entra_flight f;
+    const char *why = NULL;
+    apr_time_t t0;
+    apr_thread_t *thd;
+    apr_status_t rv, theirs;
+
+    store->add(store, "lease", "1", 1, apr_time_now() + apr_time_from_sec(60));
+    entra_flight_room_init(slots, 2, 0);
+    /* Both places taken by live waiters elsewhere: refused at once, nothing fetched. */
+    slots[0] = slots[1] = (apr_uint64_t)(apr_time_now() + apr_time_from_sec(30));
+    f = mk_flight(&st, 5000);
+    t0 = apr_time_now();
+    CHECK_INT_EQ(entra_flight_run(&f, up, &why), APR_EBUSY);
+    CHECK_STR_EQ(why, "too many requests already waiting for a fetch in progress");
+    CHECK(apr_time_now() - t0 < apr_time_from_msec(100));
+    CHECK_INT_EQ(st.fetches, 0);
+    /* One waiter died: its deadline passed, its place serves the next waiter, who gives it
+     * back when its own wait ends. */
+    slots[1] = (apr_uint64_t)(apr_time_now() - 1);
+    f = mk_flight(&st, 200);
+    CHECK_INT_EQ(entra_flight_run(&f, up, &why), APR_TIMEUP);
+    CHECK(slots[1] == 0);
+    CHECK(slots[0] != 0);
+
+    /* The per-process limit: one waiter here, the second is refused while it waits. */
+    entra_flight_room_init(NULL, 0, 1);
+    CHECK_INT_EQ(apr_thread_create(&thd, NULL, wait_a_while, &theirs, up), APR_SUCCESS);
+    apr_sleep(apr_time_from_msec(100));
+    f = mk_flight(&st, 200);
+    CHECK_INT_EQ(entra_flight_run(&f, up, &why), APR_EBUSY);
+    apr_thread_join(&rv, thd);
+    CHECK_INT_EQ(theirs, APR_TIMEUP);
+    /* Its place is back: the next one waits (to its deadline). */
+    f = mk_flight(&st, 100);
+    CHECK_INT_EQ(entra_flight_run(&f, up, &why), APR_TIMEUP);
+
+    entra_flight_room_init(NULL, 0, 0);
+    store->remove(store, "lease");
+}
+
 int main(void)
 {
     unit_begin("test_flight");
@@ -215,5 +273,6 @@ int main(void)
     RUN(test_backoff_record);
     RUN(test_sleep);
     RUN(test_flight);
+    RUN(test_waiting_room);
     return unit_end();
 }
