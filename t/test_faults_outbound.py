@@ -27,8 +27,10 @@ from outbound import (backend_headers, bearer, claims, managed, oenv, parallel_g
 TIMEOUT = 3                  # EntraTokenTimeout
 BOUND = TIMEOUT + 2          # the generous bound on any answer
 LIFETIME = 80
-FAULTS = {"404": "404", "410": "410", "429": "429:3", "500": "500", "hang": "hang"}
-MIN_GAP = {"404": 1.5, "410": 1.5, "429": 2.8, "500": 1.5, "hang": 1.5}   # backoff 2 s; Retry-After 3
+FAULTS = {"404": "404", "410": "410", "429": "429:5", "500": "500", "hang": "hang"}
+# Between attempts: IMDS backoff starts at 2 s; a 429's Retry-After (5 s) is honoured, to the
+# whole second when it went through the shared backoff record (so at least 4 s).
+MIN_GAP = {"404": 1.5, "410": 1.5, "429": 4.0, "500": 1.5, "hang": 1.5}
 
 
 def res(phase: str, fault: str) -> str:
