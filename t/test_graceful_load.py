@@ -80,25 +80,27 @@ def test_three_gracefuls_under_load_fail_no_request(make_stack, oenv):
         t0 = time.monotonic()
         for t in load:
             t.start()
-        sent = []
+        sent, done = [], []
         for at in GRACEFUL_AT:
             time.sleep(max(0.0, t0 + at - time.monotonic()))
+            sent.append(round(time.monotonic() - t0, 1))
             h.graceful(timeout=20)          # SIGUSR1, then waits until the new generation answers
             h.session.close()
-            sent.append(round(time.monotonic() - t0, 1))
+            done.append(round(time.monotonic() - t0, 1))
         for t in load:
             t.join(timeout=LOAD_SECONDS + 90)
             assert not t.is_alive(), "ab did not finish"
 
         figures = {k: parse_ab(v[1]) for k, v in results.items()}
-        print(f"\n[graceful load] gracefuls at {sent} s of {LOAD_SECONDS} s; ab -c {CONCURRENCY} x2, "
+        print(f"\n[graceful load] gracefuls sent at {sent} s (new generation answering at {done} s) of "
+              f"{LOAD_SECONDS} s; ab -c {CONCURRENCY} x2, "
               f"no keep-alive: {figures}")
         for k, (rc, text) in results.items():
             f = figures[k]
             assert rc == 0, f"ab ({k}) exited {rc}:\n{text[-2000:]}"
             assert f["complete"] > 0, f"{k}: no request completed"
             assert f["failed"] == 0 and f["non2xx"] == 0 and f["write_errors"] == 0, f"{k}: {f}\n{text[-1500:]}"
-        assert all(a <= LOAD_SECONDS - 1 for a in sent), f"a graceful came after the load: {sent}"
+        assert all(a <= LOAD_SECONDS - 1 for a in sent), f"a graceful was sent after the load: {sent}"
         log = h.error_log_text()
         assert log.count(MARKER) - mark == len(GRACEFUL_AT), "not every graceful restart happened"
         assert not checks.child_crashes(log), checks.child_crashes(log)
