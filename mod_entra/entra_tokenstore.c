@@ -376,6 +376,8 @@ void entra_tokensrc_maintain(entra_tokensrc *ts, apr_pool_t *p)
 {
     apr_int64_t now = now_sec();
     const char *why = NULL;
+    char *v;
+    apr_size_t len;
     long ra;
     int have, due;
 
@@ -385,6 +387,11 @@ void entra_tokensrc_maintain(entra_tokensrc *ts, apr_pool_t *p)
     due = !have || now >= ts->refresh_at;
     apr_thread_mutex_unlock(ts->mu);
     if (!due || entra_backoff_active(ts->store, p, skey(p, ts, "fail"), &why, NULL))
+        return;
+    /* Another process (or a request) is fetching this token: its result reaches the store,
+     * and the next round syncs it. Waiting for it here would hold this thread, and with it
+     * the refresh of every other token, for as long as that fetch retries (up to 90 s). */
+    if (ts->store->get(ts->store, skey(p, ts, "lease"), p, 8, &v, &len) == APR_SUCCESS)
         return;
     fetch_single_flight(ts, p, BACKGROUND_BUDGET_MS, &why, &ra);
 }

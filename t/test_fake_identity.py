@@ -1003,6 +1003,21 @@ def test_down_mode_until_cleared(fake):
     assert secret_token(fake).status_code == 503
 
 
+def test_mode_for_one_resource(fake):
+    other = "api://only-this-one"
+    fake.mode("imds", "410", resource=other)
+    assert imds(fake, resource=other).status_code == 410
+    assert imds(fake).status_code == 200            # other resources answer normally
+    fake.mode("imds", "down")
+    assert imds(fake, resource=other).status_code == 410   # the resource's mode comes first
+    fake.mode("imds", None)
+    fake.mode("imds", None, resource=other)
+    assert imds(fake, resource=other).status_code == 200
+    fake.mode("imds", "404", resource=other)
+    fake.reset(counters=False, settings=False, registrations=False, arc=False)
+    assert imds(fake, resource=other).status_code == 200   # a reset of scripts clears it
+
+
 def test_down_during_refresh_by_flipping_at_runtime(fake):
     fake.settings(lifetime={"imds": 2})
     first = imds(fake).json()

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from outbound import bearer, claims, get, managed, oenv, route, timed_get, wait_until  # noqa: F401
+from identity_client import SECRET_APP
+from outbound import bearer, claims, get, managed, oenv, route, timed_get, wait_until, www_file  # noqa: F401
 
 LIFETIME = 30
 AUD = "api://refresh-me"
@@ -90,3 +91,42 @@ def test_refresh_before_expiry_without_waiting_request(stacks):
     assert claims(tok1)["aud"] == AUD
     ok, fail = h.fetch_lines()
     assert len(ok) >= 2 and not fail, [m.group(0) for m in ok + fail]
+
+
+
+def test_a_hanging_refresh_does_not_hold_another_tokens_refresh(oenv):
+    """A managed-identity token whose refresh hangs at the endpoint, and a client-secret token
+    due for refresh later, while the first one's fetch is still retrying. The second is
+    refreshed on schedule: no upkeep thread waits on the fetch another process is doing (before,
+    every child's upkeep lined up behind the hanging one, for up to 90 s)."""
+    fake = oenv.fake()
+    fake.settings(lifetime={"imds": 20, "entra": 40})
+    secret = www_file(oenv.path("refresh-other.secret"), fake.client_secret() + "\n")
+    stuck, other = "api://refresh-stuck", "api://refresh-other"
+    h = oenv.httpd(managed("mi", fake) + f"\nEntraTokenTimeout {TIMEOUT}\n"
+                   f"EntraIdentity app secret tenant={fake.tenant} client_id={SECRET_APP} "
+                   f"secret_file={secret} authority={fake.url('entra_authority')}\n",
+                   route("stuck", oenv.backend, f"EntraProxyToken {stuck} identity=mi")
+                   + route("other", oenv.backend, f"EntraProxyToken {other}/.default identity=app")).start()
+    try:
+        first = bearer(get(h.url("/other/echo")))
+        bearer(get(h.url("/stuck/echo")))
+        t0 = min(e["t"] for e in fake.requests_log("entra"))
+        fake.mode("imds", "hang:60", resource=stuck)
+        # The stuck one is due at t0+8..10 and hangs from then on.
+        wait_until(lambda: fake.stats()["imds"]["by_resource"].get(stuck, 0) >= 2, timeout=20,
+                   what="the refresh of the stuck token")
+        # The other is due at half-life minus up to 10 %: t0+16..20; one round and slack on top.
+        due = t0 + 20 + 4
+        fresh = wait_until(lambda: fake.stats()["entra"]["requests"] >= 2 and fake.requests_log("entra")[1:],
+                           timeout=60, what="the refresh of the other token")
+        print(f"\n[refresh beside a hang] other refreshed at t0+{fresh[0]['t'] - t0:.1f} s "
+              f"(due by t0+{due - t0:.0f} s)")
+        assert fresh[0]["status"] == 200, fresh[0]
+        assert fresh[0]["t"] <= due, f"the other token was refreshed only at t0+{fresh[0]['t'] - t0:.1f} s"
+        tok = bearer(get(h.url("/other/echo")))
+        assert tok != first and claims(tok)["exp"] > claims(first)["exp"]
+    finally:
+        fake.mode("imds", None, resource=stuck)
+        fake.release()
+        oenv.stop_httpd(h)

@@ -26,7 +26,8 @@ Control API (POST bodies and answers are JSON; errors answer 400 {"error": ..}):
   GET  health | stats | requests[?source=S] | settings | identities | clients | arc
   POST reset {counters,scripts,settings,registrations,arc: bool, all default true}
   POST script {"source": S|"all", "answers": [..], "append": false}   one-shot answers, in order
-  POST mode {"source": S|"all", "mode": ANSWER|"down"|"ok"|null}        persistent until cleared
+  POST mode {"source": S|"all", "mode": ANSWER|"down"|"ok"|null, "resource": R}  persistent until
+                cleared; with "resource", only for requests for that resource (before the source's mode)
   POST release {}                                   frees requests held by hang/slow answers
   POST settings {..}                                partial update, see default_settings()
   POST identities {"identities": [{name, kind, client_id, object_id, resource_id}], "replace": false}
@@ -380,6 +381,7 @@ class State:
             if scripts:
                 self.scripts = {s: collections.deque() for s in SOURCES}
                 self.modes = {s: None for s in SOURCES}
+                self.resource_modes = {}     # (source, resource) -> answer
                 old = self.release
                 self.release = threading.Event()
                 old.set()   # frees every request hanging or slow under the old script
@@ -595,6 +597,8 @@ class State:
             answer = None
             if self.scripts[source]:
                 answer = self.scripts[source].popleft()
+            elif (source, resource) in self.resource_modes:
+                answer = self.resource_modes[(source, resource)]
             elif self.modes[source] is not None:
                 answer = self.modes[source]
             if answer is not None and answer["kind"] != "ok":
@@ -1619,13 +1623,20 @@ class Handler(BaseHTTPRequestHandler):
             mode = req.get("mode")
             ans = None if mode in (None, "ok", "up", "") else parse_answer(mode)
             targets = SOURCES if req.get("source", "all") == "all" else (req["source"],)
+            resource = req.get("resource")
             with st.lock:
                 for t in targets:
                     if t not in SOURCES:
                         raise ValueError(f"unknown source {t!r}")
-                    st.modes[t] = ans
+                    if resource is None:
+                        st.modes[t] = ans
+                    elif ans is None:
+                        st.resource_modes.pop((t, str(resource)), None)
+                    else:
+                        st.resource_modes[(t, str(resource))] = ans
                 modes = {t: (answer_name(st.modes[t]) if st.modes[t] else "ok") for t in SOURCES}
-            return self._json(200, {"ok": True, "modes": modes})
+                by_resource = {f"{t} {r}": answer_name(a) for (t, r), a in st.resource_modes.items()}
+            return self._json(200, {"ok": True, "modes": modes, "resource_modes": by_resource})
         if name == "release":
             with st.lock:
                 old = st.release

@@ -182,8 +182,13 @@ class FakeIdentity:
     def script(self, source: str, answers: list, append: bool = False) -> dict:
         return self._post("script", {"source": source, "answers": answers, "append": append})
 
-    def mode(self, source: str, mode: str | None) -> dict:
-        return self._post("mode", {"source": source, "mode": mode})
+    def mode(self, source: str, mode: str | None, resource: str | None = None) -> dict:
+        """Persistent answer for a source (None: back to normal); with `resource`, only for
+        requests for that resource."""
+        body = {"source": source, "mode": mode}
+        if resource is not None:
+            body["resource"] = resource
+        return self._post("mode", body)
 
     def release(self) -> dict:
         return self._post("release")
