@@ -364,7 +364,8 @@ def module_line(path: str, copy: str) -> str:
     dirty = subprocess.run(git + ["status", "--porcelain", "--", "mod_entra"], capture_output=True,
                            text=True).stdout.strip()
     tree = f"tree at {head}" + (" with uncommitted changes in mod_entra/" if dirty else "") if head else "no git"
-    return f"module: {path}, copied for the run (sha256 {digest}..., built {built:%Y-%m-%d %H:%M:%S} UTC; {tree})"
+    copied = ", copied for the run" if copy != path else ""
+    return f"module: {path}{copied} (sha256 {digest}..., built {built:%Y-%m-%d %H:%M:%S} UTC; {tree})"
 
 
 def fmt_s(x: float) -> str:
