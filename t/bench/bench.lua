@@ -24,16 +24,7 @@ local toks, ntoks = {}, 0
 local prefix, suffix
 local fresh                -- randkid, badsig: returns a new token (t/bench/wrkgen.lua)
 
--- Globals, read from done() through thread:get().
-counts = {}
-sent = 0
-wraps = 0
-
-local threads = {}
-
-function setup(thread)
-  table.insert(threads, thread)
-end
+gen.hooks()               -- setup(), response(), done(); the globals counts, sent, wraps
 
 function init(args)
   mode = args[1]
@@ -72,12 +63,4 @@ function request()
     tok = toks[idx]
   end
   return prefix .. tok .. suffix
-end
-
-function response(status, headers, body)
-  counts[status] = (counts[status] or 0) + 1
-end
-
-function done(summary, latency, requests)
-  gen.done(threads, summary, latency)
 end

@@ -21,16 +21,7 @@ local valid, nvalid, vi = {}, 0, 0
 local expired, badsig, randkid
 local k = 0
 
--- Globals, read from done() through thread:get().
-counts = {}
-sent = 0
-wraps = 0
-
-local threads = {}
-
-function setup(thread)
-  table.insert(threads, thread)
-end
+gen.hooks()               -- setup(), response(), done(); the globals counts, sent, wraps
 
 function init(args)
   gen.setup()
@@ -72,12 +63,4 @@ function request()
     tok = next_valid()
   end
   return prefix[kind] .. tok .. "\r\n\r\n"
-end
-
-function response(status, headers, body)
-  counts[status] = (counts[status] or 0) + 1
-end
-
-function done(summary, latency, requests)
-  gen.done(threads, summary, latency)
 end

@@ -7,10 +7,11 @@
 -- gen.randkid(lines)       lines of a randkid file (header prefix, header suffix, ".claims.signature")
 --                          -> a function returning that token with a new random kid in its header
 -- gen.badsig(token)        -> a function returning the token with a new random signature prefix
--- gen.done(threads, summary, latency)
---                          prints "BENCH <key> <value>" lines: totals, wrk's socket errors, latency
---                          percentiles (microseconds), each thread's response statuses ("counts"),
---                          "sent" and "wraps" globals
+-- gen.hooks()              defines wrk's setup(), response() and done() and the globals they keep:
+--                          counts (status -> responses), sent and wraps (the script's request()
+--                          counts them); done() prints "BENCH <key> <value>" lines: totals, wrk's
+--                          socket errors, latency percentiles (microseconds), and each thread's
+--                          counts, sent and wraps
 
 local M = {}
 
@@ -65,7 +66,7 @@ function M.badsig(t)
   return function() return sighead .. random_b64(8) .. sigtail end
 end
 
-function M.done(threads, summary, latency)
+local function report(threads, summary, latency)
   local function w(k, v) io.write(string.format("BENCH %s %s\n", k, tostring(v))) end
   w("requests", summary.requests)
   w("duration_us", summary.duration)
@@ -82,6 +83,20 @@ function M.done(threads, summary, latency)
     for s, n in pairs(t:get("counts")) do w("status_" .. s, n) end
     w("sent", t:get("sent"))
     w("wraps", t:get("wraps"))
+  end
+end
+
+function M.hooks()
+  local threads = {}
+  counts, sent, wraps = {}, 0, 0
+  function setup(thread)
+    table.insert(threads, thread)
+  end
+  function response(status, headers, body)
+    counts[status] = (counts[status] or 0) + 1
+  end
+  function done(summary, latency, requests)
+    report(threads, summary, latency)
   end
 end
 
