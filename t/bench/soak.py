@@ -52,7 +52,7 @@ Figures:
     10 s would not, so each generation's own growth is printed too. RSS is VmRSS (it includes
     the shared cache pages a child touched; RssAnon, its private heap, is printed beside it).
     Descriptors: every open descriptor but the connections from wrk (its to open and close)
-    and the pooled connections to the backend (mod_proxy keeps up to ThreadsPerChild per child,
+    with the files their requests are being sent at that moment, and the pooled connections to the backend (mod_proxy keeps up to ThreadsPerChild per child,
     one for each worker that was ever proxying at the same time, so that pool grows toward its
     bound during the run); both are printed, the pool against its bound, and after wrk stops
     the children must have closed every client connection within 10 s (printed);
@@ -202,6 +202,7 @@ def sample(front: OutboundHttpd, backend_port: int) -> dict:
     rss = anon = 0
     fds = collections.Counter()
     targets = []
+    htdocs = os.path.join(front.workdir, "htdocs") + "/"
     for pid in pids:
         st = procs._status(pid)
         rss += bench.kib(st, "VmRSS") or 0
@@ -216,8 +217,8 @@ def sample(front: OutboundHttpd, backend_port: int) -> dict:
     for target in targets:
         lport, rport, state = tcp.get(target[8:-1], (0, 0, "")) if target.startswith("socket:[") \
             else (0, 0, "")
-        if lport == front.port and state != "0A":
-            fds["clients"] += 1
+        if lport == front.port and state != "0A" or target.startswith(htdocs):
+            fds["clients"] += 1        # a connection from wrk, or the file a request is sending
         elif rport == backend_port:
             fds["backend"] += 1
         else:
