@@ -49,7 +49,7 @@ UNIT_SRC = $(wildcard t/unit/test_*.c)
 UNIT_BIN = $(patsubst t/unit/%.c,$(UNIT_DIR)/%,$(UNIT_SRC))
 HTTPD_CFLAGS := $(shell $(APXS) -q CFLAGS 2>/dev/null) $(shell $(APXS) -q EXTRA_CPPFLAGS 2>/dev/null) $(shell $(APXS) -q EXTRA_INCLUDES 2>/dev/null)
 
-.PHONY: fuzz fuzz-build scan-build scan-objs bench all module luamod unit test test-unit test-e2e install deb clean help test-mpm demo demo-stop deps
+.PHONY: fuzz fuzz-build scan-build scan-objs bench soak all module luamod unit test test-unit test-e2e install deb clean help test-mpm demo demo-stop deps
 
 all: module $(if $(LUAMOD_SRC),luamod)
 
@@ -63,6 +63,7 @@ help:
 	@echo "make demo       start a demo httpd with mod_entra, a backend and a local token issuer"
 	@echo "make demo-stop  stop the demo"
 	@echo "make bench      benchmark against no auth and the peers (BENCH_ARGS=--smoke: short)"
+	@echo "make soak       SOAK_SECONDS (default 60) of mixed load at 256 connections with two graceful restarts"
 	@echo "make install    install the module, conf/entra.{load,conf}, the Lua module, entra-token (DESTDIR honoured)"
 	@echo "make deb        build build/deb/libapache2-mod-entra_*.deb (dpkg-buildpackage)"
 	@echo "make deps       install the Debian packages needed to build and test (as root)"
@@ -167,6 +168,15 @@ bench: export EXTRA_PKGS = wrk libapache2-mod-auth-openidc libapache2-mod-oauth2
 bench: deps
 	@$(MAKE) --no-print-directory module
 	@$(PYTHON) t/bench/bench.py $(BENCH_ARGS)
+
+# Soak run (prints figures; not a test): SOAK_SECONDS of valid, expired, bad-signature,
+# unknown-kid and proxied requests at 256 connections, two graceful restarts; its last line is
+# "soak: <n> requests, <u> unexpected, rss_growth_kib <k>, fd_growth <f>" (t/bench/soak.py).
+SOAK_SECONDS ?= 60
+soak: export EXTRA_PKGS = wrk
+soak: deps
+	@$(MAKE) --no-print-directory module
+	@$(PYTHON) t/bench/soak.py --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
 
 # libFuzzer harnesses (t/fuzz/fuzz_*.c) with ASan and UBSan. The core is built once with
 # coverage instrumentation; entra_http_curl.c keeps its URL rules but its request function

@@ -364,7 +364,8 @@ def module_line(path: str, copy: str) -> str:
     dirty = subprocess.run(git + ["status", "--porcelain", "--", "mod_entra"], capture_output=True,
                            text=True).stdout.strip()
     tree = f"tree at {head}" + (" with uncommitted changes in mod_entra/" if dirty else "") if head else "no git"
-    return f"module: {path}, copied for the run (sha256 {digest}..., built {built:%Y-%m-%d %H:%M:%S} UTC; {tree})"
+    copied = ", copied for the run" if copy != path else ""
+    return f"module: {path}{copied} (sha256 {digest}..., built {built:%Y-%m-%d %H:%M:%S} UTC; {tree})"
 
 
 def fmt_s(x: float) -> str:
@@ -824,6 +825,21 @@ class Httpd:
 
 # ------------------------------------------------------------------------------- load
 
+def wrk_results(stdout: str) -> dict:
+    """The "BENCH <key> <value>" lines of t/bench/wrkgen.lua's report: {"statuses": {status:
+    count}, key: value, ...} (the statuses of all wrk threads added up)."""
+    res = {"statuses": {}}
+    for line in stdout.splitlines():
+        if not line.startswith("BENCH "):
+            continue
+        _, k, v = line.split(" ", 2)
+        if k.startswith("status_"):
+            res["statuses"][int(k[7:])] = res["statuses"].get(int(k[7:]), 0) + int(v)
+        else:
+            res[k] = float(v)
+    return res
+
+
 def run_wrk(url: str, mode: str, file: str, seconds: float) -> dict:
     cmd = [WRK, "-t1", f"-c{ARGS.connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
            "-s", LUA, url, "--", mode, file]
@@ -831,15 +847,8 @@ def run_wrk(url: str, mode: str, file: str, seconds: float) -> dict:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     except subprocess.TimeoutExpired:
         raise RuntimeError("wrk did not finish in time: " + shlex.join(cmd))
-    res = {"statuses": {}, "cmd": shlex.join(cmd)}
-    for line in p.stdout.splitlines():
-        if not line.startswith("BENCH "):
-            continue
-        _, k, v = line.split(" ", 2)
-        if k.startswith("status_"):
-            res["statuses"][int(k[7:])] = int(v)
-        else:
-            res[k] = float(v)
+    res = wrk_results(p.stdout)
+    res["cmd"] = shlex.join(cmd)
     if p.returncode != 0 or "requests" not in res:
         raise RuntimeError(f"wrk failed ({p.returncode}): {p.stderr.strip()[-2000:]}\n{p.stdout[-2000:]}")
     res["rps"] = res["requests"] / (res["duration_us"] / 1e6) if res["duration_us"] else 0.0

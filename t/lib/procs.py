@@ -58,20 +58,26 @@ def open_fds(pid: int) -> dict:
     return out
 
 
-def socket_inodes_listening(pid: int) -> set:
-    """Inodes of the TCP sockets `pid` has in LISTEN state (from /proc/<pid>/net/tcp{,6})."""
-    inodes = set()
+def tcp_sockets(pid: int) -> dict:
+    """{inode: (local port, remote port, state)} of the TCP sockets in `pid`'s network namespace
+    (from /proc/<pid>/net/tcp{,6}); state is the kernel's hex code, "0A" for LISTEN."""
+    out = {}
     for name in ("tcp", "tcp6"):
         try:
             with open(f"/proc/{pid}/net/{name}") as f:
                 next(f)
                 for line in f:
                     cols = line.split()
-                    if cols[3] == "0A":   # TCP_LISTEN
-                        inodes.add(cols[9])
+                    out[cols[9]] = (int(cols[1].rsplit(":", 1)[1], 16), int(cols[2].rsplit(":", 1)[1], 16),
+                                    cols[3])
         except OSError:
             pass
-    return inodes
+    return out
+
+
+def socket_inodes_listening(pid: int) -> set:
+    """Inodes of the TCP sockets `pid` has in LISTEN state (from /proc/<pid>/net/tcp{,6})."""
+    return {ino for ino, (_, _, state) in tcp_sockets(pid).items() if state == "0A"}
 
 
 def wait_until_children(ppid: int, timeout: float, step: float = 0.1) -> list[int]:
