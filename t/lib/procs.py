@@ -1,6 +1,7 @@
 """Processes of a running apache2, read from /proc: its children, and how long they take to go."""
 
 import os
+import subprocess
 import time
 
 
@@ -84,3 +85,14 @@ def wait_until_children(ppid: int, timeout: float, step: float = 0.1) -> list[in
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"no child of {ppid} after {timeout:.1f} s")
         time.sleep(step)
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 5.0):
+    """SIGTERM a process we started, SIGKILL it if it is still there after `timeout`; reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
