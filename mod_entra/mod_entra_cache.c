@@ -15,6 +15,7 @@
 
 #include <httpd.h>
 #include <http_config.h>
+#include <http_core.h>
 #include <http_log.h>
 #include <ap_provider.h>
 #include <ap_socache.h>
@@ -41,6 +42,13 @@ typedef struct {
     const char *args;                 /* shmcb arguments it was made with */
     ap_socache_instance_t *instance;
     apr_global_mutex_t *mutex;
+    /* The instance's pool. shmcb registers its cleanup (code in mod_socache_shmcb.so) on
+     * it. On the process pool, the parent ran that cleanup at exit after mod_so had
+     * unloaded the module with pconf: SIGSEGV at every stop. Unmanaged, no pool the parent
+     * destroys holds it, so a registration left by an earlier mapping of the module (mod_so
+     * reloads modules at each restart) is never called; cache_cleanup releases the store
+     * at exit while the module is still there. */
+    apr_pool_t *pool;
 } retained_t;
 
 static const ap_socache_provider_t *local_provider;
@@ -398,6 +406,11 @@ static apr_status_t local_post_config(apr_pool_t *ptemp, server_rec *s, const ch
         local_provider->destroy(local->instance, s);
         local->instance = NULL;
     }
+    if (!local->pool && apr_pool_create_unmanaged_ex(&local->pool, NULL, NULL) != APR_SUCCESS) {
+        local->pool = NULL;
+        ap_log_error(APLOG_MARK, APLOG_CRIT, 0, s, "ENTRA0016: no memory for the local store");
+        return APR_ENOMEM;
+    }
     if (!local->mutex) {
         rv = ap_global_mutex_create(&local->mutex, NULL, MUTEX_TYPE, NULL, s, pproc, 0);
         if (rv != APR_SUCCESS) {
@@ -406,13 +419,13 @@ static apr_status_t local_post_config(apr_pool_t *ptemp, server_rec *s, const ch
             return rv;
         }
     }
-    err = local_provider->create(&local->instance, args, ptemp, pproc);
+    err = local_provider->create(&local->instance, args, ptemp, local->pool);
     if (err) {
         local->instance = NULL;
         ap_log_error(APLOG_MARK, APLOG_CRIT, 0, s, "ENTRA0003: EntraCache shmcb:%s: %s", args, err);
         return APR_EGENERAL;
     }
-    rv = local_provider->init(local->instance, "mod_entra", &hints, s, pproc);
+    rv = local_provider->init(local->instance, "mod_entra", &hints, s, local->pool);
     if (rv != APR_SUCCESS) {
         local->instance = NULL;
         ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, "ENTRA0005: EntraCache shmcb:%s: init failed",
@@ -459,9 +472,16 @@ static apr_status_t net_post_config(apr_pool_t *pconf, apr_pool_t *ptemp, server
 static apr_status_t cache_cleanup(void *data)
 {
     (void)data;
-    /* The local store belongs to the process pool; the networked instance to pconf. */
+    /* The local store outlives generations; the networked instance belongs to pconf. */
     if (net_provider && net_instance)
         net_provider->destroy(net_instance, main_server);
+    /* The parent exits: release the local store now, while pconf still has the socache
+     * module loaded (this cleanup was registered after LoadModule, so it runs first). */
+    if (local && local->instance && local_provider &&
+        ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_EXITING) {
+        local_provider->destroy(local->instance, main_server);
+        local->instance = NULL;
+    }
     net_provider = NULL;
     net_instance = NULL;
     local_provider = NULL;

@@ -1,6 +1,7 @@
 """Assertions on mod_entra's answers (RFC 6750 challenges) and logs."""
 
 import re
+import signal
 
 # Anything that looks like a JWT/JWS: a base64url JSON header followed by a dot.
 JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.")
@@ -122,6 +123,14 @@ _CRASH_RE = re.compile(r"AH00052: child pid \d+ exit signal .*|AH00051: .*")
 def child_crashes(error_log: str) -> list[str]:
     """Lines where the httpd parent reports a child killed by a signal (segfault, abort)."""
     return [line for line in error_log.splitlines() if _CRASH_RE.search(line)]
+
+
+def parent_crash(returncode) -> str | None:
+    """What went wrong if apache2's own exit status says a signal killed it (not SIGKILL,
+    which Httpd.stop sends to a parent that does not exit in time)."""
+    if returncode is not None and returncode < 0 and -returncode != signal.SIGKILL:
+        return f"the apache2 parent was killed by {signal.Signals(-returncode).name} at stop"
+    return None
 
 
 _SANITIZER_RE = re.compile(r"runtime error:|ERROR: AddressSanitizer|ERROR: LeakSanitizer|"

@@ -1,4 +1,5 @@
-"""A tiny loopback HTTP backend that answers every request with the request it saw, as JSON.
+"""A tiny loopback HTTP backend that answers every request with the request it saw, as JSON
+(after X-Test-Sleep seconds, if the request has that header).
 
 httpd proxies /<location>/echo here so tests can assert which headers (X-Entra-*,
 X-Test-*) reached the application.
@@ -6,6 +7,7 @@ X-Test-*) reached the application.
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -17,6 +19,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _answer(self):
+        # X-Test-Sleep: seconds (at most 60) to hold the request before answering.
+        delay = min(float(self.headers.get("X-Test-Sleep") or 0), 60.0)
+        if delay > 0:
+            time.sleep(delay)
         n = int(self.headers.get("Content-Length") or 0)
         if n:
             self.rfile.read(min(n, 1024 * 1024))
@@ -31,7 +37,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True   # the client (httpd stopping) went away meanwhile
 
     do_GET = do_POST = do_PUT = do_DELETE = _answer
 

@@ -309,6 +309,9 @@ class OutboundEnv:
             crashes = checks.child_crashes(text)
             if crashes:
                 out.append(f"{h.workdir}: apache2 children crashed:\n" + "\n".join(crashes))
+            parent = checks.parent_crash(h.returncode)
+            if parent:
+                out.append(f"{h.workdir}: {parent}")
             san = checks.sanitizer_lines(text)
             if san:
                 out.append(f"{h.workdir}: sanitizer output:\n" + "\n".join(san))

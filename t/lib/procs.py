@@ -1,6 +1,7 @@
 """Processes of a running apache2, read from /proc: its children, and how long they take to go."""
 
 import os
+import subprocess
 import time
 
 
@@ -113,3 +114,14 @@ def connected_to(pid: int, port: int) -> bool:
     except OSError:
         pass
     return False
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 5.0):
+    """SIGTERM a process we started, SIGKILL it if it is still there after `timeout`; reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)

@@ -70,6 +70,9 @@ class Stack:
                     checks.assert_log_has_no_tokens(text)
                 except AssertionError as exc:
                     problems.append(str(exc))
+                parent = checks.parent_crash(self.httpd.returncode)
+                if parent:
+                    problems.append(f"{parent} ({self.workdir})")
                 crashes = checks.child_crashes(text)
                 if crashes:
                     note = (" -- NOTE: the module file was rebuilt while apache2 was running"
