@@ -848,6 +848,13 @@ class Handler(BaseHTTPRequestHandler):
     # -------------------------------------------------------------- plumbing
     def send_response(self, code, message=None):
         self._status = code
+        # Counted before the answer leaves: a client reading the stats right after its
+        # answer must see it counted.
+        source = getattr(self, "_counting", None)
+        if source:
+            with self.state.lock:
+                self.state.stats[source]["by_status"][str(code)] += 1
+            self._counting = None
         super().send_response(code, message)
 
     def _send(self, status: int, body: bytes, ctype: str = "application/json; charset=utf-8",
@@ -906,6 +913,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str):
         self._status = None
+        self._counting = None
         parts = urlsplit(self.path)
         path = parts.path
         if path.startswith("/_control/"):
@@ -928,6 +936,7 @@ class Handler(BaseHTTPRequestHandler):
     # -------------------------------------------------------------- per-source frame
     def _source(self, source: str, method: str, parts, tenant: str | None = None):
         st = self.state
+        self._counting = source
         self._log = {"t": time.time(), "source": source, "method": method, "path": parts.path,
                      "query": dict(parse_qsl(parts.query, keep_blank_values=True)),
                      "headers": self._log_headers()}
@@ -967,9 +976,8 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             st.leave(source, not throttled)
             self._log["status"] = self._status
+            self._counting = None
             with st.lock:
-                if self._status is not None:
-                    st.stats[source]["by_status"][str(self._status)] += 1
                 st.log.append(self._log)
 
     def _log_headers(self) -> dict:
