@@ -101,7 +101,7 @@ static apr_status_t published(entra_source *src, apr_status_t rv)
 }
 
 /* Brings this process's view up to date with the store; returns the current version. */
-static apr_int64_t sync_from_store(entra_source *src)
+static apr_int64_t sync_from_store(entra_source *src, apr_pool_t *p)
 {
     char *rec;
     apr_size_t len;
@@ -109,27 +109,18 @@ static apr_int64_t sync_from_store(entra_source *src)
     entra_keys_snapshot *snap = NULL, *old = NULL;
     apr_uint64_t epoch = src->epoch ? __atomic_load_n(src->epoch, __ATOMIC_ACQUIRE) : 0;
 
-    apr_pool_t *scratch;
-
     apr_thread_mutex_lock(src->mu);
     have = src->cur ? src->cur->version : 0;
     apr_thread_mutex_unlock(src->mu);
 
-    /* The record is read into a buffer of RECORD_MAX. From the caller's pool (a request's),
-     * that block would stay with the connection's allocator after the request: one per
-     * connection that ever met an unknown kid. A pool of its own gives it back at once. */
-    if (apr_pool_create_unmanaged_ex(&scratch, NULL, NULL) != APR_SUCCESS)
-        scratch = NULL;
-    if (scratch && src->store->get(src->store, skey(scratch, src, "rec"), scratch, RECORD_MAX,
-                                   &rec, &len) == APR_SUCCESS) {
+    if (src->store->get(src->store, skey(p, src, "rec"), p, RECORD_MAX, &rec, &len) ==
+        APR_SUCCESS) {
         /* Peek at the version before paying for key imports. */
         const char *vp = strstr(rec, "\"v\":");
         apr_int64_t ver = vp ? apr_atoi64(vp + 4) : 0;
         if (ver != have)
             snap = snapshot_from_record(src, rec, len);
     }
-    if (scratch)
-        apr_pool_destroy(scratch);
     apr_thread_mutex_lock(src->mu);
     if (snap && (!src->cur || snap->version != src->cur->version)) {
         old = src->cur;
@@ -371,7 +362,7 @@ static int v2_before(entra_source *src, apr_time_t t)
 static int kf_newer(void *baton, apr_pool_t *p)
 {
     key_flight *kf = baton;
-    return sync_from_store(kf->src) != kf->before &&
+    return sync_from_store(kf->src, p) != kf->before &&
            (!kf->v2_after || !v2_before(kf->src, kf->v2_after));
 }
 
@@ -386,20 +377,8 @@ static apr_status_t kf_fetch(void *baton, apr_pool_t *p, apr_time_t deadline, co
     key_flight *kf = baton;
     entra_source *src = kf->src;
     const char *fail = skey(p, src, "fail");
-    apr_pool_t *scratch;
-    apr_status_t rv;
+    apr_status_t rv = fetch_now(src, p, kf->with_v1, deadline, why);
     entra_backoff b;
-
-    /* The documents (up to DOC_MAX each) are read into a pool of their own, given back
-     * at once rather than left with the connection of the request that fetched. */
-    if (apr_pool_create_unmanaged_ex(&scratch, NULL, NULL) != APR_SUCCESS) {
-        *why = "out of memory";
-        return APR_ENOMEM;
-    }
-    rv = fetch_now(src, scratch, kf->with_v1, deadline, why);
-    if (rv != APR_SUCCESS)
-        *why = apr_pstrdup(p, *why ? *why : "key fetch failed");
-    apr_pool_destroy(scratch);
 
     if (rv == APR_SUCCESS) {
         note_fetch(src, rv, NULL);
@@ -489,13 +468,13 @@ apr_status_t entra_source_acquire(entra_source *src, apr_pool_t *p, entra_keys_s
         return APR_SUCCESS;
     }
     entra_snapshot_release(snap);
-    sync_from_store(src);
+    sync_from_store(src, p);
     if ((snap = usable(src, now, &recent))) {
         *out = snap;
         return APR_SUCCESS;
     }
     rv = fetch_single_flight(src, p, 0, 0, 0, why);
-    sync_from_store(src);
+    sync_from_store(src, p);
     if ((snap = usable(src, now_sec(), &recent))) {
         *out = snap;
         return APR_SUCCESS;
@@ -516,7 +495,7 @@ entra_keys_snapshot *entra_source_refetch_for_kid(entra_source *src, apr_pool_t 
     apr_time_t asked = apr_time_now(), deadline = fetch_deadline(src);
     apr_status_t rv;
 
-    sync_from_store(src);
+    sync_from_store(src, p);
     snap = usable(src, now_sec(), &recent);
     if (snap && snap->version != have->version && entra_keyset_find(snap->ks, kid))
         return snap;
@@ -542,7 +521,7 @@ entra_keys_snapshot *entra_source_refetch_for_kid(entra_source *src, apr_pool_t 
         /* A fetch is under way (perhaps for this very kid): its answer serves us too. */
         fetch_single_flight(src, p, 0, 0, deadline, &why);
     }
-    sync_from_store(src);
+    sync_from_store(src, p);
     snap = usable(src, now_sec(), &recent);
     return snap ? snap : ref(have);
 }
@@ -554,7 +533,7 @@ void entra_source_maintain(entra_source *src, apr_pool_t *p)
     apr_int64_t now = now_sec();
     entra_keys_snapshot *snap;
 
-    sync_from_store(src);
+    sync_from_store(src, p);
     snap = usable(src, now, &recent);
     /* While failures back off, the failing attempt has been logged already. */
     if ((!snap || now - snap->fetched >= src->refresh_interval || !snap->v1_tried) &&
@@ -563,7 +542,7 @@ void entra_source_maintain(entra_source *src, apr_pool_t *p)
          * v1 part, unless a full refresh is due anyway. */
         int mode = !snap ? 0 : now - snap->fetched >= src->refresh_interval ? 1 : 2;
         if (fetch_single_flight(src, p, mode, 0, 0, &why) == APR_SUCCESS)
-            sync_from_store(src);
+            sync_from_store(src, p);
         else if (snap && !entra_cancelled(src->http.cancel))
             entra_log(ENTRA_LOG_WARN,
                       "ENTRA0108: %s: refresh failed, still using keys fetched %ld s ago: %s",
@@ -580,7 +559,7 @@ void entra_source_status_get(entra_source *src, apr_pool_t *p, entra_source_stat
     memset(st, 0, sizeof(*st));
     st->meta = src->meta_v2;
     st->kids = apr_array_make(p, 4, sizeof(const char *));
-    sync_from_store(src);
+    sync_from_store(src, p);
     apr_thread_mutex_lock(src->mu);
     if (src->cur) {
         st->issuer = apr_pstrdup(p, src->cur->iss.v2);
