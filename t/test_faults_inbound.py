@@ -220,9 +220,13 @@ def test_cold_burst_against_a_hanging_authority_is_answered_within_the_bound(han
 def test_cold_burst_leaves_an_unauthenticated_route_serving(hanging_burst):
     during = hanging_burst["during"]
     assert during, "no probe of the unauthenticated route overlapped the burst"
+    # With every worker waiting on the fetch, a probe waits the fetch out (7 to 11.7 s were
+    # seen before the waiting room). Below half the key-wait bound it was served by a free
+    # worker; prefork also queues it behind the burst while it spawns processes (2.3 s seen).
     for t0, elapsed, status in during:
         assert status == 200, f"the unauthenticated route answered {status}"
-        assert elapsed <= SLACK, f"the unauthenticated route took {elapsed:.1f} s during the burst"
+        assert elapsed <= KEY_WAIT_BOUND / 2, \
+            f"the unauthenticated route took {elapsed:.1f} s during the burst"
 
 
 # ------------------------------------------------------------------ a child dies mid-fetch
